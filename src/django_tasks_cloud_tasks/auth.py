@@ -1,0 +1,129 @@
+"""Who may run tasks through the execute view. It fails closed.
+
+The view calls ``authenticate`` before it parses anything. The answer is the set of backend aliases
+the request may run tasks for, or ``Refused`` with the HTTP status and the reason:
+
+- A backend with ``OIDC_SERVICE_ACCOUNT_EMAIL`` accepts only a Bearer ID token signed by a trusted
+  issuer, unexpired, whose ``aud`` is its ``OIDC_AUDIENCE`` and whose ``email`` is that service
+  account, verified. Checking the audience alone is not enough: anyone can mint a Google ID token
+  for any audience.
+- A backend without it accepts unauthenticated requests only when ``DEBUG`` is on or it sets
+  ``ALLOW_UNAUTHENTICATED`` (say, on a Cloud Run service that only IAM-authorised callers reach).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+
+from . import oidc
+from .backend import CloudTasksBackend
+from .config import CloudTasksConfig
+
+logger = logging.getLogger(__name__)
+_closed_logged = False
+
+
+class Refused(Exception):
+    """The request may not run any task; ``status`` is the HTTP answer, ``reason`` says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def authenticate(request: HttpRequest, backends: Mapping[str, CloudTasksBackend]) -> frozenset[str]:
+    """The aliases of ``backends`` this request is allowed to run tasks for."""
+    configs = {alias: backend.config for alias, backend in backends.items()}
+    guarded = {a: c for a, c in configs.items() if c.oidc_service_account_email}
+    open_aliases = frozenset(
+        a for a, c in configs.items() if a not in guarded and _runs_unauthenticated(c)
+    )
+    if not guarded:
+        if open_aliases:
+            return open_aliases
+        _log_closed_once()
+        raise Refused(
+            403,
+            "authentication is not configured: set OIDC_SERVICE_ACCOUNT_EMAIL, or "
+            "ALLOW_UNAUTHENTICATED if only authorised callers can reach this service",
+        )
+    token = _bearer_token(request)
+    if token is None:
+        if open_aliases:
+            return open_aliases
+        raise Refused(401, "an 'Authorization: Bearer <ID token>' header is required")
+    try:
+        matched = _aliases_for_token(token, guarded)
+    except oidc.InvalidToken as exc:
+        if open_aliases:
+            return open_aliases
+        raise Refused(401, f"the ID token was refused ({exc})") from None
+    except oidc.CertificatesUnavailable as exc:
+        raise Refused(503, f"the ID token cannot be verified now ({exc})") from None
+    if not (matched or open_aliases):
+        raise Refused(
+            403, "the ID token is valid but not for this service's audience and service account"
+        )
+    return matched | open_aliases
+
+
+def _runs_unauthenticated(config: CloudTasksConfig) -> bool:
+    return config.allow_unauthenticated or bool(settings.DEBUG)
+
+
+def _bearer_token(request: HttpRequest) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Refused(401, "the Authorization header must be 'Bearer <ID token>'")
+    return token.strip()
+
+
+def _aliases_for_token(token: str, guarded: Mapping[str, CloudTasksConfig]) -> frozenset[str]:
+    by_issuer: dict[oidc.Issuer, list[str]] = {}
+    for alias, config in guarded.items():
+        by_issuer.setdefault(_issuer(config), []).append(alias)
+    error: oidc.InvalidToken | None = None
+    for issuer, aliases in by_issuer.items():
+        try:
+            claims = oidc.verify(token, issuer)
+        except oidc.InvalidToken as exc:
+            error = exc
+            continue
+        return frozenset(a for a in aliases if _identity_matches(claims, guarded[a]))
+    assert error is not None
+    raise error
+
+
+def _issuer(config: CloudTasksConfig) -> oidc.Issuer:
+    # The emulator's keys are trusted only by a backend that itself sends its tasks there.
+    if config.emulator_host:
+        return oidc.emulator_issuer(config.emulator_host)
+    return oidc.google_issuer()
+
+
+def _identity_matches(claims: Mapping[str, Any], config: CloudTasksConfig) -> bool:
+    return (
+        claims.get("aud") == config.oidc_audience
+        and claims.get("email") == config.oidc_service_account_email
+        and claims.get("email_verified") is True
+    )
+
+
+def _log_closed_once() -> None:
+    global _closed_logged
+    if not _closed_logged:
+        _closed_logged = True
+        logger.error(
+            "Cloud Tasks execute view refuses every task: no backend sets "
+            "OIDC_SERVICE_ACCOUNT_EMAIL or ALLOW_UNAUTHENTICATED, and DEBUG is off. "
+            "Run `manage.py check --deploy` for details."
+        )

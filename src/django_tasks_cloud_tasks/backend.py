@@ -1,0 +1,135 @@
+"""The enqueue side: ``task.enqueue()`` becomes a Cloud Tasks HTTP task for the execute view."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from django.tasks import Task, TaskResult, TaskResultStatus
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.exceptions import InvalidTask
+from django.tasks.signals import task_enqueued
+from django.utils import timezone
+
+from . import client, config
+from .exceptions import PayloadTooLarge
+from .payload import MAX_BODY_BYTES, Payload
+
+# Cloud Tasks refuses a schedule_time further ahead than this.
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
+# Room in the 1 MiB task limit for the URL, headers, token settings and message framing.
+_TASK_OVERHEAD_BYTES = 4096
+_QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class CloudTasksBackend(BaseTaskBackend):
+    """Runs tasks through Google Cloud Tasks, which POSTs each one back to the execute view."""
+
+    supports_defer = True
+    supports_async_task = True
+    supports_priority = True
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.config = config.resolve(alias, self.options)
+
+    def validate_task(self, task: Task[..., Any]) -> None:
+        super().validate_task(task)
+        queue_id = self.config.cloud_queue_for(task.queue_name, task.priority)
+        if not _QUEUE_ID.fullmatch(queue_id):
+            raise InvalidTask(
+                f"Queue {queue_id!r} is not a valid Cloud Tasks queue id: use 1-100 letters, "
+                "digits and hyphens."
+            )
+        if task.run_after is not None and task.run_after > timezone.now() + MAX_SCHEDULE_AHEAD:
+            raise InvalidTask(
+                f"run_after {task.run_after.isoformat()} is more than 30 days ahead, "
+                "which Cloud Tasks does not accept."
+            )
+
+    def enqueue(
+        self, task: Task[_P, _R], args: list[Any], kwargs: dict[str, Any]
+    ) -> TaskResult[_P, _R]:
+        self.validate_task(task)
+        result, queue_id, request = self._prepare(task, args, kwargs)
+        client.create_task(self.config, queue_id, request)
+        return self._enqueued(result)
+
+    async def aenqueue(
+        self, task: Task[_P, _R], args: list[Any], kwargs: dict[str, Any]
+    ) -> TaskResult[_P, _R]:
+        self.validate_task(task)
+        result, queue_id, request = self._prepare(task, args, kwargs)
+        await client.acreate_task(self.config, queue_id, request)
+        return self._enqueued(result)
+
+    def _prepare(
+        self, task: Task[_P, _R], args: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[TaskResult[_P, _R], str, dict[str, Any]]:
+        enqueued_at = timezone.now()
+        payload = Payload(
+            task_id=str(uuid.uuid4()),
+            task_path=task.module_path,
+            args=list(args),
+            kwargs=dict(kwargs),
+            queue_name=task.queue_name,
+            backend=self.alias,
+            priority=task.priority,
+            takes_context=task.takes_context,
+            enqueued_at=enqueued_at,
+        )
+        body = payload.encode()
+        if len(body) + _TASK_OVERHEAD_BYTES > MAX_BODY_BYTES:
+            raise PayloadTooLarge(
+                f"Task {task.module_path} is {len(body)} bytes once encoded; Cloud Tasks accepts "
+                f"at most {MAX_BODY_BYTES - _TASK_OVERHEAD_BYTES}. Store large data elsewhere "
+                "(a model, Cloud Storage) and pass its key instead."
+            )
+        queue_id = self.config.cloud_queue_for(task.queue_name, task.priority)
+        request = {
+            "parent": self.config.queue_path(queue_id),
+            "task": self._cloud_task(body, task.run_after),
+        }
+        result: TaskResult[_P, _R] = TaskResult(
+            task=task,
+            id=payload.task_id,
+            status=TaskResultStatus.READY,
+            enqueued_at=enqueued_at,
+            started_at=None,
+            last_attempted_at=None,
+            finished_at=None,
+            args=payload.args,
+            kwargs=payload.kwargs,
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
+        return result, queue_id, request
+
+    def _cloud_task(self, body: bytes, run_after: datetime | None) -> dict[str, Any]:
+        http_request: dict[str, Any] = {
+            "url": self.config.handler_url,
+            "headers": _JSON_HEADERS,
+            "body": body,
+        }
+        if self.config.oidc_service_account_email:
+            http_request["oidc_token"] = {
+                "service_account_email": self.config.oidc_service_account_email,
+                "audience": self.config.oidc_audience,
+            }
+        cloud_task: dict[str, Any] = {"http_request": http_request}
+        if run_after is not None:
+            # A naive run_after (USE_TZ = False) is local time, as everywhere else in Django.
+            cloud_task["schedule_time"] = run_after if run_after.tzinfo else run_after.astimezone()
+        if self.config.dispatch_deadline is not None:
+            cloud_task["dispatch_deadline"] = self.config.dispatch_deadline
+        return cloud_task
+
+    def _enqueued(self, result: TaskResult[_P, _R]) -> TaskResult[_P, _R]:
+        task_enqueued.send(type(self), task_result=result)
+        return result

@@ -1,0 +1,327 @@
+"""One validated configuration per backend alias.
+
+It is resolved from OPTIONS, the environment and the metadata server.
+
+Django builds a backend instance per thread and per async context, so the resolved configuration is
+cached per process, keyed by everything it was resolved from: settings changes (``TASKS``) and
+environment changes both produce a new configuration, while repeated construction costs a lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+from . import metadata
+
+DEFAULT_HANDLER_PATH = "/cloudtasks/execute/"
+# Cloud Tasks accepts dispatch deadlines for HTTP targets in this range.
+MIN_DISPATCH_DEADLINE = timedelta(seconds=15)
+MAX_DISPATCH_DEADLINE = timedelta(minutes=30)
+
+ENVIRONMENT_VARIABLES = (
+    "GOOGLE_CLOUD_PROJECT",
+    "CLOUD_TASKS_LOCATION",
+    "CLOUD_RUN_REGION",
+    "SERVICE_URL",
+    "K_SERVICE",
+    "GAE_SERVICE",
+    "GAE_APPLICATION",
+    "GAE_VERSION",
+    "CLOUD_TASKS_EMULATOR_HOST",
+    "GCE_METADATA_HOST",
+)
+OPTION_NAMES = frozenset(
+    {
+        "CLOUD_TASKS_PROJECT",
+        "CLOUD_TASKS_LOCATION",
+        "TASK_HANDLER_HOST",
+        "TASK_HANDLER_PATH",
+        "OIDC_SERVICE_ACCOUNT_EMAIL",
+        "OIDC_AUDIENCE",
+        "ALLOW_UNAUTHENTICATED",
+        "PRIORITY_QUEUES",
+        "DISPATCH_DEADLINE",
+    }
+)
+_QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
+_PROJECT_ID = re.compile(r"[A-Za-z0-9:.-]+")
+_LOCATION = re.compile(r"[a-z0-9-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class CloudTasksConfig:
+    """Everything the backend and the execute view need, resolved and validated."""
+
+    alias: str
+    project: str
+    location: str
+    handler_host: str
+    handler_path: str
+    oidc_service_account_email: str | None
+    oidc_audience: str
+    allow_unauthenticated: bool
+    # (minimum priority, Cloud Tasks queue id), highest threshold first.
+    priority_queues: tuple[tuple[int, str], ...]
+    dispatch_deadline: timedelta | None
+    emulator_host: str | None
+
+    @property
+    def handler_url(self) -> str:
+        return self.handler_host + self.handler_path
+
+    @property
+    def location_path(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}"
+
+    def queue_path(self, queue_id: str) -> str:
+        return f"{self.location_path}/queues/{queue_id}"
+
+    def cloud_queue_for(self, queue_name: str, priority: int) -> str:
+        """The Cloud Tasks queue a task goes to: its priority band's, else its own queue."""
+        for threshold, queue_id in self.priority_queues:
+            if priority >= threshold:
+                return queue_id
+        return queue_name
+
+
+_cache: dict[tuple[Any, ...], CloudTasksConfig] = {}
+_cache_lock = threading.Lock()
+
+
+def resolve(alias: str, options: Mapping[str, Any]) -> CloudTasksConfig:
+    """Return the configuration of backend ``alias``, resolving it once per process."""
+    key = (alias, _freeze(options), tuple(os.environ.get(name) for name in ENVIRONMENT_VARIABLES))
+    config = _cache.get(key)
+    if config is None:
+        config = _Resolver(alias, options).resolve()
+        with _cache_lock:
+            _cache[key] = config
+    return config
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple | set | frozenset):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+class _Resolver:
+    def __init__(self, alias: str, options: Mapping[str, Any]) -> None:
+        self.alias = alias
+        self.options = options
+        self.env = os.environ
+        self.metadata_errors: list[str] = []
+
+    def resolve(self) -> CloudTasksConfig:
+        unknown = sorted(set(self.options) - OPTION_NAMES)
+        if unknown:
+            raise self.error(
+                f"unknown OPTIONS {', '.join(map(repr, unknown))}. "
+                f"Valid options are {', '.join(sorted(OPTION_NAMES))}."
+            )
+        emulator_host = self.env.get("CLOUD_TASKS_EMULATOR_HOST") or None
+        project = self.project()
+        location = self.location()
+        handler_host = self.handler_host(project)
+        email = self.service_account_email(on_emulator=emulator_host is not None)
+        return CloudTasksConfig(
+            alias=self.alias,
+            project=project,
+            location=location,
+            handler_host=handler_host,
+            handler_path=self.handler_path(),
+            oidc_service_account_email=email,
+            oidc_audience=self.audience(handler_host),
+            allow_unauthenticated=self.boolean("ALLOW_UNAUTHENTICATED"),
+            priority_queues=self.priority_queues(),
+            dispatch_deadline=self.dispatch_deadline(),
+            emulator_host=emulator_host,
+        )
+
+    def error(self, message: str) -> ImproperlyConfigured:
+        return ImproperlyConfigured(f"TASKS[{self.alias!r}] (CloudTasksBackend): {message}")
+
+    def option(self, name: str) -> Any:
+        value = self.options.get(name)
+        if value is not None and not isinstance(value, str):
+            raise self.error(f"OPTIONS[{name!r}] must be a string, not {type(value).__name__}.")
+        return value or None
+
+    def metadata(self, path: str) -> str | None:
+        try:
+            return metadata.read(path)
+        except metadata.MetadataUnavailable as exc:
+            self.metadata_errors.append(str(exc))
+            return None
+
+    def missing(self, what: str, option: str, variables: str) -> ImproperlyConfigured:
+        reason = ""
+        if self.metadata_errors:
+            reason = f" The metadata server did not answer: {self.metadata_errors[0]}."
+        return self.error(
+            f"could not determine the {what}. Set OPTIONS[{option!r}] or the environment "
+            f"variable {variables}.{reason}"
+        )
+
+    def project(self) -> str:
+        project = (
+            self.option("CLOUD_TASKS_PROJECT")
+            or self.env.get("GOOGLE_CLOUD_PROJECT")
+            or _app_engine_project(self.env.get("GAE_APPLICATION"))
+            or self.metadata("project/project-id")
+        )
+        if not project:
+            raise self.missing(
+                "Google Cloud project", "CLOUD_TASKS_PROJECT", "GOOGLE_CLOUD_PROJECT"
+            )
+        if not _PROJECT_ID.fullmatch(project):
+            raise self.error(f"{project!r} is not a valid Google Cloud project id.")
+        return project
+
+    def location(self) -> str:
+        location = (
+            self.option("CLOUD_TASKS_LOCATION")
+            or self.env.get("CLOUD_TASKS_LOCATION")
+            or self.env.get("CLOUD_RUN_REGION")
+            or self.region()
+        )
+        if not location:
+            raise self.missing(
+                "Cloud Tasks location", "CLOUD_TASKS_LOCATION", "CLOUD_TASKS_LOCATION"
+            )
+        if not _LOCATION.fullmatch(location):
+            raise self.error(
+                f"{location!r} is not a valid Cloud Tasks location (e.g. 'us-central1')."
+            )
+        return location
+
+    def region(self) -> str | None:
+        # The metadata server answers "projects/123456789/regions/us-central1".
+        region = self.metadata("instance/region")
+        return region.rsplit("/", 1)[-1] if region else None
+
+    def handler_host(self, project: str) -> str:
+        host = (
+            self.option("TASK_HANDLER_HOST")
+            or self.env.get("SERVICE_URL")
+            or self.cloud_run_url()
+            or _app_engine_url(self.env.get("GAE_SERVICE"), project)
+        )
+        if not host:
+            raise self.missing(
+                "URL that Cloud Tasks should call", "TASK_HANDLER_HOST", "SERVICE_URL"
+            )
+        parts = urlsplit(host)
+        if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path.strip("/"):
+            raise self.error(
+                f"TASK_HANDLER_HOST {host!r} must be a base URL such as "
+                "'https://my-service-123456789.us-central1.run.app' (scheme and host, no path; "
+                "set the path with TASK_HANDLER_PATH)."
+            )
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def cloud_run_url(self) -> str | None:
+        # Cloud Run's deterministic URL uses the project *number* and the service's region, which
+        # only the metadata server knows (Cloud Run sets no region variable).
+        service = self.env.get("K_SERVICE")
+        if not service:
+            return None
+        number = self.metadata("project/numeric-project-id")
+        region = self.region()
+        if not (number and region):
+            return None
+        return f"https://{service}-{number}.{region}.run.app"
+
+    def handler_path(self) -> str:
+        path = self.option("TASK_HANDLER_PATH") or DEFAULT_HANDLER_PATH
+        if not path.startswith("/"):
+            raise self.error(f"TASK_HANDLER_PATH {path!r} must start with '/'.")
+        return str(path)
+
+    def service_account_email(self, *, on_emulator: bool) -> str | None:
+        if "OIDC_SERVICE_ACCOUNT_EMAIL" in self.options:
+            email = self.option("OIDC_SERVICE_ACCOUNT_EMAIL")
+            if email and "@" not in email:
+                raise self.error(
+                    f"OIDC_SERVICE_ACCOUNT_EMAIL {email!r} is not a service account email."
+                )
+            return email  # type: ignore[no-any-return]
+        # On Cloud Run and App Engine the runtime service account signs tokens for its own tasks.
+        # Locally (emulator) nothing is guessed: a developer's tasks carry no token unless asked.
+        on_google_cloud = any(self.env.get(v) for v in ("K_SERVICE", "GAE_SERVICE"))
+        if on_emulator or not on_google_cloud:
+            return None
+        return self.metadata("instance/service-accounts/default/email")
+
+    def audience(self, handler_host: str) -> str:
+        audience: str = self.option("OIDC_AUDIENCE") or handler_host
+        return audience
+
+    def boolean(self, name: str) -> bool:
+        value = self.options.get(name, False)
+        if not isinstance(value, bool):
+            raise self.error(f"OPTIONS[{name!r}] must be True or False, not {value!r}.")
+        return value
+
+    def priority_queues(self) -> tuple[tuple[int, str], ...]:
+        bands = self.options.get("PRIORITY_QUEUES") or {}
+        example = "{'high-priority': 50}"
+        if not isinstance(bands, Mapping):
+            raise self.error(
+                f"PRIORITY_QUEUES must map a Cloud Tasks queue id to the minimum task priority "
+                f"it receives, e.g. {example}."
+            )
+        parsed = []
+        for queue_id, threshold in bands.items():
+            if not (isinstance(queue_id, str) and _QUEUE_ID.fullmatch(queue_id)):
+                raise self.error(f"PRIORITY_QUEUES key {queue_id!r} is not a valid queue id.")
+            if not isinstance(threshold, int) or isinstance(threshold, bool):
+                raise self.error(
+                    f"PRIORITY_QUEUES[{queue_id!r}] must be an integer priority, e.g. {example}."
+                )
+            parsed.append((threshold, queue_id))
+        return tuple(sorted(parsed, reverse=True))
+
+    def dispatch_deadline(self) -> timedelta | None:
+        value = self.options.get("DISPATCH_DEADLINE")
+        if value is None:
+            return None
+        deadline = _as_timedelta(value)
+        if deadline is None or not MIN_DISPATCH_DEADLINE <= deadline <= MAX_DISPATCH_DEADLINE:
+            raise self.error(
+                f"DISPATCH_DEADLINE {value!r} must be a number of seconds (or a timedelta) "
+                "between 15 and 1800."
+            )
+        return deadline
+
+
+def _as_timedelta(value: object) -> timedelta | None:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return None
+
+
+def _app_engine_project(application: str | None) -> str | None:
+    # GAE_APPLICATION is the project id behind a region prefix, e.g. "s~my-project".
+    return application.partition("~")[2] or application if application else None
+
+
+def _app_engine_url(service: str | None, project: str) -> str | None:
+    if not service:
+        return None
+    if service == "default":
+        return f"https://{project}.appspot.com"
+    return f"https://{service}-dot-{project}.appspot.com"

@@ -1,0 +1,124 @@
+"""Running a delivered task exactly as Django's ``ImmediateBackend`` runs one.
+
+Statuses go RUNNING → SUCCESSFUL or FAILED, ``task_started`` and ``task_finished`` are sent with
+the backend class as sender, an exception becomes a ``TaskError`` with its traceback, and the return
+value is normalised to JSON. The one difference is the attempt number, which comes from Cloud Tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import cache
+from traceback import format_exception
+from typing import Any
+
+from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
+from django.tasks.base import TaskError
+from django.tasks.signals import task_finished, task_started
+from django.utils import timezone
+from django.utils.json import normalize_json
+
+from .payload import Payload
+
+# Stands in the worker ids for earlier attempts, whose workers this process cannot know.
+UNKNOWN_WORKER = "unknown"
+
+
+@cache
+def _worker_id(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}"
+
+
+def worker_id() -> str:
+    """Identifies this serving instance and process (Cloud Run instances have unique host names)."""
+    return _worker_id(os.getpid())
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What Cloud Tasks says about this delivery."""
+
+    number: int  # 1 for the first delivery; X-CloudTasks-TaskRetryCount + 1.
+    task_name: str | None = None  # The Cloud Tasks task id.
+
+
+def start(
+    sender: type, task: Task[..., Any], payload: Payload, attempt: Attempt
+) -> TaskResult[..., Any]:
+    """Build the RUNNING result of this attempt and announce it."""
+    now = timezone.now()
+    result: TaskResult[..., Any] = TaskResult(
+        task=task,
+        id=payload.task_id,
+        status=TaskResultStatus.RUNNING,
+        enqueued_at=payload.enqueued_at,
+        started_at=now,
+        last_attempted_at=now,
+        finished_at=None,
+        args=payload.args,
+        kwargs=payload.kwargs,
+        backend=payload.backend,
+        errors=[],
+        worker_ids=[UNKNOWN_WORKER] * (attempt.number - 1) + [worker_id()],
+    )
+    task_started.send(sender=sender, task_result=result)
+    return result
+
+
+def run(sender: type, result: TaskResult[..., Any]) -> TaskResult[..., Any]:
+    """Call the task function in this thread; async functions get an event loop of their own."""
+    task = result.task
+    try:
+        if task.takes_context:
+            value = task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
+        else:
+            value = task.call(*result.args, **result.kwargs)
+        _succeeded(result, value)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        _failed(sender, result, exc)
+    else:
+        task_finished.send(sender=sender, task_result=result)
+    return result
+
+
+async def arun(sender: type, result: TaskResult[..., Any]) -> TaskResult[..., Any]:
+    """Await an async task function natively; a sync one runs in a thread (``Task.acall``)."""
+    task = result.task
+    try:
+        if task.takes_context:
+            value = await task.acall(TaskContext(task_result=result), *result.args, **result.kwargs)
+        else:
+            value = await task.acall(*result.args, **result.kwargs)
+        _succeeded(result, value)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        _failed(sender, result, exc)
+    else:
+        task_finished.send(sender=sender, task_result=result)
+    return result
+
+
+def _succeeded(result: TaskResult[..., Any], value: Any) -> None:
+    # Normalising may raise (a non-JSON return value), which fails the task like ImmediateBackend.
+    object.__setattr__(result, "_return_value", normalize_json(value))
+    object.__setattr__(result, "finished_at", timezone.now())
+    object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+
+
+def _failed(sender: type, result: TaskResult[..., Any], exc: BaseException) -> None:
+    exception_type = type(exc)
+    object.__setattr__(result, "finished_at", timezone.now())
+    result.errors.append(
+        TaskError(
+            exception_class_path=f"{exception_type.__module__}.{exception_type.__qualname__}",
+            traceback="".join(format_exception(exc)),
+        )
+    )
+    object.__setattr__(result, "status", TaskResultStatus.FAILED)
+    # Sent inside the except block, so receivers (Django's logger) see exc_info, as in Django.
+    task_finished.send(sender=sender, task_result=result)

@@ -1,0 +1,45 @@
+"""Facts about the running instance, read from the Google Cloud metadata server.
+
+google-auth resolves ``GCE_METADATA_HOST`` once, when it is first imported, and by default retries
+a lookup for several seconds. Configuration wants neither: the host is read at call time (so a late
+change to the environment is honoured) and a single short attempt is made, so that a machine outside
+Google Cloud fails in well under a second instead of hanging on a host that will never answer.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import google.auth.exceptions
+import google.auth.transport.requests
+from google.auth.compute_engine import _metadata
+
+DEFAULT_HOST = "metadata.google.internal"
+# A real metadata server answers in about a millisecond.
+TIMEOUT_SECONDS = 0.4
+
+
+class MetadataUnavailable(Exception):
+    """The metadata server could not be reached or did not know the answer."""
+
+
+def metadata_host() -> str:
+    return (
+        os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_ROOT") or DEFAULT_HOST
+    )
+
+
+@cache
+def _request() -> google.auth.transport.requests.Request:
+    return google.auth.transport.requests.Request()
+
+
+def read(path: str) -> str:
+    """Return the metadata value at ``path``, e.g. ``project/project-id``."""
+    root = f"http://{metadata_host()}/computeMetadata/v1/"
+    try:
+        value = _metadata.get(_request(), path, root=root, retry_count=1, timeout=TIMEOUT_SECONDS)
+    except google.auth.exceptions.GoogleAuthError as exc:
+        raise MetadataUnavailable(f"{root}{path}: {exc}") from exc
+    return str(value).strip()

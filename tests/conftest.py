@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+
+from django_tasks_cloud_tasks.emulator import Emulator
+from tests.tasks import recorder
+
+PROJECT = "test-project"
+LOCATION = "us-central1"
+QUEUES = ("default", "high-priority", "urgent")
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    with Emulator(host="127.0.0.1", port=0, project=PROJECT, location=LOCATION, queues=()) as em:
+        for queue in QUEUES:
+            # Fast retries keep the retry tests short; the backoff maths has its own tests.
+            em.create_queue(queue, min_backoff=0.05, max_backoff=0.5, max_attempts=3)
+        yield em
+
+
+@pytest.fixture(scope="session")
+def asgi_server() -> Iterator[tuple[str, str]]:
+    """A live ASGI (uvicorn) server in this process: its URL and its event loop's thread name."""
+    from django.core.asgi import get_asgi_application
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(get_asgi_application(), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="asgi-server", daemon=True
+    )
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", thread.name
+    server.should_exit = True
+    thread.join(5)
+
+
+@dataclass
+class CloudTasks:
+    """A configured backend talking to the emulator, with a live server as its handler."""
+
+    emulator: Emulator
+    handler_host: str
+    settings: Any
+
+    def configure(self, **options: Any) -> None:
+        """Replace the default backend's OPTIONS (keeping project, location and host).
+
+        Unless a test configures authentication, the view runs unauthenticated requests: the
+        security tests cover authentication end to end.
+        """
+        options.setdefault("ALLOW_UNAUTHENTICATED", True)
+        self.settings.TASKS = {"default": backend_settings(self.handler_host, **options)}
+
+
+def backend_settings(handler_host: str, **options: Any) -> dict[str, Any]:
+    return {
+        "BACKEND": "django_tasks_cloud_tasks.CloudTasksBackend",
+        "QUEUES": [],
+        "OPTIONS": {
+            "CLOUD_TASKS_PROJECT": PROJECT,
+            "CLOUD_TASKS_LOCATION": LOCATION,
+            "TASK_HANDLER_HOST": handler_host,
+            **options,
+        },
+    }
+
+
+@pytest.fixture
+def cloud_tasks(
+    emulator: Emulator, live_server: Any, settings: Any, monkeypatch: Any
+) -> CloudTasks:
+    emulator.reset()
+    recorder.clear()
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", emulator.address)
+    harness = CloudTasks(emulator, live_server.url, settings)
+    harness.configure()
+    return harness

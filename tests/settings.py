@@ -1,0 +1,47 @@
+"""Settings for the test suite; each test configures TASKS for the emulator it runs against."""
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django_tasks_cloud_tasks",
+    "tests",
+]
+MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
+_DATABASE_DIR = Path(tempfile.mkdtemp(prefix="django-tasks-cloud-tasks-tests-"))
+atexit.register(shutil.rmtree, _DATABASE_DIR, ignore_errors=True)
+# A file, not ":memory:": live servers answer from their own threads, each with a connection.
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(_DATABASE_DIR / "db.sqlite3"),
+        "TEST": {"NAME": str(_DATABASE_DIR / "test.sqlite3")},
+    }
+}
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_cloud_tasks.CloudTasksBackend",
+        "QUEUES": [],
+        "OPTIONS": {
+            "CLOUD_TASKS_PROJECT": "test-project",
+            "CLOUD_TASKS_LOCATION": "us-central1",
+            "TASK_HANDLER_HOST": "http://127.0.0.1:1",
+        },
+    }
+}
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "root": {"handlers": ["null"]},
+}
+STATIC_URL = "static/"

@@ -1,0 +1,140 @@
+"""Tasks the test suite enqueues; each records its call so tests can assert on what ran."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.tasks import TaskContext, task
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    attempt: int | None = None
+    task_id: str | None = None
+    priority: int | None = None
+    queue_name: str | None = None
+
+
+class Recorder:
+    """Collects calls from tasks running in server threads; tests wait on it."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._changed = threading.Condition()
+
+    def record(self, call: Call) -> None:
+        with self._changed:
+            self.calls.append(call)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Call]:
+        """Wait until at least ``count`` calls arrived; return them all."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self.calls) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"expected {count} task calls within {timeout}s, got {self.calls}"
+                    )
+                self._changed.wait(remaining)
+            return list(self.calls)
+
+    def named(self, name: str) -> list[Call]:
+        with self._changed:
+            return [call for call in self.calls if call.name == name]
+
+    def clear(self) -> None:
+        with self._changed:
+            self.calls.clear()
+
+
+recorder = Recorder()
+
+
+def _record_context(name: str, context: TaskContext, *args: Any, **kwargs: Any) -> None:
+    result = context.task_result
+    recorder.record(
+        Call(
+            name,
+            args,
+            kwargs,
+            attempt=context.attempt,
+            task_id=result.id,
+            priority=result.task.priority,
+            queue_name=result.task.queue_name,
+        )
+    )
+
+
+@task
+def add(a: int, b: int) -> int:
+    recorder.record(Call("add", (a, b)))
+    return a + b
+
+
+@task
+def greet(name: str, *, greeting: str = "Hello") -> str:
+    recorder.record(Call("greet", (name,), {"greeting": greeting}))
+    return f"{greeting}, {name}!"
+
+
+@task(takes_context=True)
+def describe(context: TaskContext, message: str) -> str:
+    _record_context("describe", context, message)
+    return f"{context.task_result.id}:{context.attempt}:{message}"
+
+
+@task(takes_context=True)
+def fails_first_attempt(context: TaskContext) -> int:
+    _record_context("fails_first_attempt", context)
+    if context.attempt < 2:
+        raise RuntimeError("the first attempt always fails")
+    return context.attempt
+
+
+@task
+def always_fails() -> None:
+    recorder.record(Call("always_fails"))
+    raise ValueError("this task always fails")
+
+
+@task(priority=50, takes_context=True)
+def urgent(context: TaskContext) -> None:
+    _record_context("urgent", context)
+
+
+@task(queue_name="high-priority", takes_context=True)
+def on_high_priority_queue(context: TaskContext) -> None:
+    _record_context("on_high_priority_queue", context)
+
+
+@task
+async def async_add(a: int, b: int) -> int:
+    recorder.record(Call("async_add", (a, b), {"thread": threading.current_thread().name}))
+    return a + b
+
+
+@task
+def returns_non_json() -> object:
+    recorder.record(Call("returns_non_json"))
+    return object()
+
+
+@task
+def accepts_anything(*args: Any, **kwargs: Any) -> None:
+    recorder.record(Call("accepts_anything", args, kwargs))
+
+
+def not_a_task() -> None:
+    """A plain function: the view must refuse it, not call it."""
+    recorder.record(Call("not_a_task"))
+
+
+NOT_A_TASK_EITHER = "a string"

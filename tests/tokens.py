@@ -1,0 +1,99 @@
+"""A locally generated signing key standing in for Google's, and a certificate server publishing it.
+
+Google's certificate endpoint cannot be reached here; this server serves the same document
+(``{key id: PEM}`` with a ``Cache-Control`` lifetime) and counts how often it is fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import google.auth.crypt
+import google.auth.jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+SERVICE_ACCOUNT = "invoker@test-project.iam.gserviceaccount.com"
+
+
+class SigningKey:
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        self.public_pem = (
+            private.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
+
+    def sign(self, claims: dict[str, Any], key_id: str | None = None) -> str:
+        signer = google.auth.crypt.RSASigner.from_string(
+            self.private_pem, key_id=key_id or self.key_id
+        )
+        return google.auth.jwt.encode(signer, claims).decode()
+
+
+class CertificateServer(ThreadingHTTPServer):
+    """Publishes public keys like https://www.googleapis.com/oauth2/v1/certs does."""
+
+    def __init__(self, *keys: SigningKey) -> None:
+        super().__init__(("127.0.0.1", 0), _CertificateHandler)
+        self.keys = list(keys)
+        self.fetches = 0
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/oauth2/v1/certs"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _CertificateHandler(BaseHTTPRequestHandler):
+    server: CertificateServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:
+        self.server.fetches += 1
+        body = json.dumps({key.key_id: key.public_pem for key in self.server.keys}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Cache-Control", "public, max-age=3600")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def google_claims(audience: str, **overrides: Any) -> dict[str, Any]:
+    """Claims shaped like those of a Cloud Tasks OIDC token, valid now."""
+    now = int(time.time())
+    claims = {
+        "iss": "https://accounts.google.com",
+        "aud": audience,
+        "email": SERVICE_ACCOUNT,
+        "email_verified": True,
+        "sub": "109876543210987654321",
+        "azp": "109876543210987654321",
+        "iat": now,
+        "exp": now + 3600,
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
