@@ -138,3 +138,21 @@ def not_a_task() -> None:
 
 
 NOT_A_TASK_EITHER = "a string"
+
+
+@task(takes_context=True)
+def slow(context: TaskContext, seconds: float) -> float:
+    """Runs long enough for a duplicate delivery to arrive while it runs."""
+    _record_context("slow", context, seconds)
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+def user_exists(username: str) -> bool:
+    """Whether the enqueuing transaction's data is visible to the task."""
+    from django.contrib.auth.models import User
+
+    exists = User.objects.filter(username=username).exists()
+    recorder.record(Call("user_exists", (username,), {"exists": exists}))
+    return exists

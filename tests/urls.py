@@ -1,3 +1,4 @@
+from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 
@@ -10,4 +11,5 @@ def bare(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     path("cloudtasks/", include("django_tasks_cloud_tasks.urls")),
     path("bare/", bare),
+    path("admin/", admin.site.urls),
 ]

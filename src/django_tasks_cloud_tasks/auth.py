@@ -41,8 +41,9 @@ def authenticate(request: HttpRequest, backends: Mapping[str, CloudTasksBackend]
     """The aliases of ``backends`` this request is allowed to run tasks for."""
     configs = {alias: backend.config for alias, backend in backends.items()}
     guarded = {a: c for a, c in configs.items() if c.oidc_service_account_email}
+    debug = settings.DEBUG
     open_aliases = frozenset(
-        a for a, c in configs.items() if a not in guarded and _runs_unauthenticated(c)
+        a for a, c in configs.items() if a not in guarded and (c.allow_unauthenticated or debug)
     )
     if not guarded:
         if open_aliases:
@@ -73,12 +74,8 @@ def authenticate(request: HttpRequest, backends: Mapping[str, CloudTasksBackend]
     return matched | open_aliases
 
 
-def _runs_unauthenticated(config: CloudTasksConfig) -> bool:
-    return config.allow_unauthenticated or bool(settings.DEBUG)
-
-
 def _bearer_token(request: HttpRequest) -> str | None:
-    header = request.headers.get("Authorization")
+    header: str | None = request.META.get("HTTP_AUTHORIZATION")
     if header is None:
         return None
     scheme, _, token = header.partition(" ")

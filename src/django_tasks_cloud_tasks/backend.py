@@ -37,6 +37,7 @@ class CloudTasksBackend(BaseTaskBackend):
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
         self.config = config.resolve(alias, self.options)
+        self.supports_get_result = self.config.store_results
 
     def validate_task(self, task: Task[..., Any]) -> None:
         super().validate_task(task)
@@ -57,7 +58,11 @@ class CloudTasksBackend(BaseTaskBackend):
     ) -> TaskResult[_P, _R]:
         self.validate_task(task)
         result, queue_id, request = self._prepare(task, args, kwargs)
-        client.create_task(self.config, queue_id, request)
+        cloud_task = client.create_task(self.config, queue_id, request)
+        if self.config.store_results:
+            from . import store
+
+            store.record_enqueued(result, cloud_task.name)
         return self._enqueued(result)
 
     async def aenqueue(
@@ -65,8 +70,26 @@ class CloudTasksBackend(BaseTaskBackend):
     ) -> TaskResult[_P, _R]:
         self.validate_task(task)
         result, queue_id, request = self._prepare(task, args, kwargs)
-        await client.acreate_task(self.config, queue_id, request)
+        cloud_task = await client.acreate_task(self.config, queue_id, request)
+        if self.config.store_results:
+            from . import store
+
+            await store.arecord_enqueued(result, cloud_task.name)
         return self._enqueued(result)
+
+    def get_result(self, result_id: str) -> TaskResult[..., Any]:
+        if not self.config.store_results:
+            return super().get_result(result_id)  # NotImplementedError, as Django documents.
+        from . import store
+
+        return store.get_result(self.alias, result_id)
+
+    async def aget_result(self, result_id: str) -> TaskResult[..., Any]:
+        if not self.config.store_results:
+            return super().get_result(result_id)
+        from . import store
+
+        return await store.aget_result(self.alias, result_id)
 
     def _prepare(
         self, task: Task[_P, _R], args: list[Any], kwargs: dict[str, Any]

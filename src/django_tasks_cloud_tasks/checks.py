@@ -47,13 +47,13 @@ def check_execute_view_authentication(**kwargs: Any) -> list[checks.CheckMessage
 
 @checks.register(checks.Tags.urls)
 def check_handler_path_routes_to_the_view(**kwargs: Any) -> list[checks.CheckMessage]:
-    from .views import execute
+    from .views import aexecute, execute
 
     messages: list[checks.CheckMessage] = []
     for alias, backend in _backends():
         path = backend.config.handler_path
         try:
-            routed = resolve(path).func is execute
+            routed = resolve(path).func in (execute, aexecute)
         except Resolver404:
             routed = False
         if not routed:

@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from . import metadata
@@ -26,6 +27,9 @@ DEFAULT_HANDLER_PATH = "/cloudtasks/execute/"
 # Cloud Tasks accepts dispatch deadlines for HTTP targets in this range.
 MIN_DISPATCH_DEADLINE = timedelta(seconds=15)
 MAX_DISPATCH_DEADLINE = timedelta(minutes=30)
+# What Cloud Tasks waits for an HTTP target when the task sets no dispatch deadline.
+DEFAULT_DISPATCH_DEADLINE = timedelta(minutes=10)
+_APP = "django_tasks_cloud_tasks"
 
 ENVIRONMENT_VARIABLES = (
     "GOOGLE_CLOUD_PROJECT",
@@ -35,7 +39,6 @@ ENVIRONMENT_VARIABLES = (
     "K_SERVICE",
     "GAE_SERVICE",
     "GAE_APPLICATION",
-    "GAE_VERSION",
     "CLOUD_TASKS_EMULATOR_HOST",
     "GCE_METADATA_HOST",
 )
@@ -50,6 +53,7 @@ OPTION_NAMES = frozenset(
         "ALLOW_UNAUTHENTICATED",
         "PRIORITY_QUEUES",
         "DISPATCH_DEADLINE",
+        "STORE_RESULTS",
     }
 )
 _QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
@@ -73,6 +77,12 @@ class CloudTasksConfig:
     priority_queues: tuple[tuple[int, str], ...]
     dispatch_deadline: timedelta | None
     emulator_host: str | None
+    store_results: bool
+
+    @property
+    def attempt_deadline(self) -> timedelta:
+        """How long Cloud Tasks waits for one attempt before it counts as failed."""
+        return self.dispatch_deadline or DEFAULT_DISPATCH_DEADLINE
 
     @property
     def handler_url(self) -> str:
@@ -147,6 +157,7 @@ class _Resolver:
             priority_queues=self.priority_queues(),
             dispatch_deadline=self.dispatch_deadline(),
             emulator_host=emulator_host,
+            store_results=self.store_results(),
         )
 
     def error(self, message: str) -> ImproperlyConfigured:
@@ -273,6 +284,18 @@ class _Resolver:
         if not isinstance(value, bool):
             raise self.error(f"OPTIONS[{name!r}] must be True or False, not {value!r}.")
         return value
+
+    def store_results(self) -> bool:
+        store = self.boolean("STORE_RESULTS")
+        # Checked here rather than at the first enqueue, whose error would not name the option.
+        if store and not any(
+            app == _APP or app.startswith(f"{_APP}.apps.") for app in settings.INSTALLED_APPS
+        ):
+            raise self.error(
+                f"STORE_RESULTS keeps results in a database table: add {_APP!r} to "
+                "INSTALLED_APPS and run manage.py migrate."
+            )
+        return store
 
     def priority_queues(self) -> tuple[tuple[int, str], ...]:
         bands = self.options.get("PRIORITY_QUEUES") or {}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from traceback import format_exception
 from typing import Any
@@ -44,24 +46,61 @@ class Attempt:
     task_name: str | None = None  # The Cloud Tasks task id.
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What the result store recorded when this attempt claimed the task."""
+
+    started_at: datetime  # Of the first attempt.
+    attempted_at: datetime  # Of this attempt.
+    worker_ids: tuple[str, ...]  # One per attempt, this one last.
+    errors: tuple[TaskError, ...]  # Of the earlier attempts.
+
+
+def worker_ids(attempt: Attempt, recorded: Sequence[str] = ()) -> list[str]:
+    """One worker id per attempt, this one last; Cloud Tasks' count says how many there were.
+
+    Earlier places hold the workers a result store ``recorded``, and "unknown" for attempts it never
+    saw: deliveries refused as duplicates (Cloud Tasks counts those as retries too), a row pruned
+    or a store switched on in between. A store that saw more than Cloud Tasks counts (a request
+    replayed by hand) loses the surplus, so that ``context.attempt`` stays
+    X-CloudTasks-TaskRetryCount + 1, the number that Cloud Tasks' retry limits are about.
+    """
+    earlier = list(recorded[: attempt.number - 1])
+    earlier += [UNKNOWN_WORKER] * (attempt.number - 1 - len(earlier))
+    return [*earlier, worker_id()]
+
+
 def start(
-    sender: type, task: Task[..., Any], payload: Payload, attempt: Attempt
+    sender: type,
+    task: Task[..., Any],
+    payload: Payload,
+    attempt: Attempt,
+    claim: Claim | None = None,
 ) -> TaskResult[..., Any]:
-    """Build the RUNNING result of this attempt and announce it."""
-    now = timezone.now()
+    """Build the RUNNING result of this attempt and announce it.
+
+    With a result store, ``claim`` carries the task's history: its first start, the workers and
+    the errors of earlier attempts.
+    """
+    if claim is None:
+        started_at = attempted_at = timezone.now()
+        workers, errors = worker_ids(attempt), []
+    else:
+        started_at, attempted_at = claim.started_at, claim.attempted_at
+        workers, errors = list(claim.worker_ids), list(claim.errors)
     result: TaskResult[..., Any] = TaskResult(
         task=task,
         id=payload.task_id,
         status=TaskResultStatus.RUNNING,
         enqueued_at=payload.enqueued_at,
-        started_at=now,
-        last_attempted_at=now,
+        started_at=started_at,
+        last_attempted_at=attempted_at,
         finished_at=None,
         args=payload.args,
         kwargs=payload.kwargs,
         backend=payload.backend,
-        errors=[],
-        worker_ids=[UNKNOWN_WORKER] * (attempt.number - 1) + [worker_id()],
+        errors=errors,
+        worker_ids=workers,
     )
     task_started.send(sender=sender, task_result=result)
     return result

@@ -1,5 +1,8 @@
 """The execute view: Cloud Tasks POSTs a task here, and the answer tells it whether to retry.
 
+It comes in two modes over one set of checks: ``execute`` for WSGI and ``aexecute`` for ASGI (see
+``urls.py``), so that neither server pays for an event loop or a thread hop per request.
+
 HTTP in, HTTP out: authentication, payload parsing, task resolution and execution each live in
 their own module. Bad requests get a 4xx with a reason and never run anything; only a task that
 raised answers 500, which makes Cloud Tasks retry it.
@@ -9,10 +12,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 from django.http import HttpRequest, JsonResponse
-from django.tasks import Task, task_backends
+from django.tasks import Task, TaskResult, TaskResultStatus, task_backends
 from django.tasks.exceptions import InvalidTask
 from django.views.decorators.csrf import csrf_exempt
 
@@ -22,10 +28,15 @@ from .backend import CloudTasksBackend
 from .payload import MAX_BODY_BYTES, InvalidPayload, Payload, decode
 from .resolution import resolve_task
 
+if TYPE_CHECKING:
+    from .config import CloudTasksConfig
+    from .store import AlreadySucceeded, StillRunning
+
 logger = logging.getLogger(__name__)
 
 RETRY_COUNT_HEADER = "X-CloudTasks-TaskRetryCount"
-TASK_NAME_HEADER = "X-CloudTasks-TaskName"
+RETRY_COUNT_META = "HTTP_X_CLOUDTASKS_TASKRETRYCOUNT"
+TASK_NAME_META = "HTTP_X_CLOUDTASKS_TASKNAME"
 
 
 def _refuse(status: int, reason: str, task_id: str | None = None) -> JsonResponse:
@@ -36,8 +47,88 @@ def _refuse(status: int, reason: str, task_id: str | None = None) -> JsonRespons
     return JsonResponse(body, status=status)
 
 
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A request that passed every check: the task to run and how."""
+
+    sender: type[CloudTasksBackend]
+    task: Task[..., Any]
+    payload: Payload
+    attempt: execution.Attempt
+    config: CloudTasksConfig
+
+
 @csrf_exempt
-async def execute(request: HttpRequest) -> JsonResponse:
+def execute(request: HttpRequest) -> JsonResponse:
+    """Runs a task in the request's thread; what WSGI servers (gunicorn) call."""
+    delivery = _accept(request)
+    if isinstance(delivery, JsonResponse):
+        return delivery
+    if delivery.config.store_results:
+        return _execute_stored(delivery)
+    result = execution.start(delivery.sender, delivery.task, delivery.payload, delivery.attempt)
+    return _outcome(execution.run(delivery.sender, result))
+
+
+@csrf_exempt
+async def aexecute(request: HttpRequest) -> JsonResponse:
+    """Awaits async task functions on the server's event loop; what ASGI servers call."""
+    delivery = _accept(request)
+    if isinstance(delivery, JsonResponse):
+        return delivery
+    if delivery.config.store_results:
+        return await _aexecute_stored(delivery)
+    result = execution.start(delivery.sender, delivery.task, delivery.payload, delivery.attempt)
+    return _outcome(await execution.arun(delivery.sender, result))
+
+
+# With STORE_RESULTS, an attempt first claims the task in the store (which imports the models, so
+# only then), and records the outcome after running it. See store.claim for the rules.
+
+
+def _execute_stored(delivery: _Delivery) -> JsonResponse:
+    from . import store
+
+    claim = store.claim(delivery.payload, delivery.attempt, delivery.config.attempt_deadline)
+    if not isinstance(claim, execution.Claim):
+        return _not_run(claim)
+    result = execution.start(
+        delivery.sender, delivery.task, delivery.payload, delivery.attempt, claim
+    )
+    store.record_finished(execution.run(delivery.sender, result), claim)
+    return _outcome(result)
+
+
+async def _aexecute_stored(delivery: _Delivery) -> JsonResponse:
+    from . import store
+
+    claim = await store.aclaim(delivery.payload, delivery.attempt, delivery.config.attempt_deadline)
+    if not isinstance(claim, execution.Claim):
+        return _not_run(claim)
+    result = execution.start(
+        delivery.sender, delivery.task, delivery.payload, delivery.attempt, claim
+    )
+    await store.arecord_finished(await execution.arun(delivery.sender, result), claim)
+    return _outcome(result)
+
+
+def _not_run(verdict: AlreadySucceeded | StillRunning) -> JsonResponse:
+    from .store import AlreadySucceeded
+
+    if isinstance(verdict, AlreadySucceeded):
+        # Cloud Tasks delivers at least once: acknowledge the copy, or it would retry it.
+        return JsonResponse({"status": "success", "task_id": verdict.task_id, "duplicate": True})
+    reason = "another attempt of this task is running; retry after its dispatch deadline"
+    logger.info("Task %s not run: %s", verdict.task_id, reason)
+    response = JsonResponse(
+        {"status": "running", "task_id": verdict.task_id, "reason": reason}, status=409
+    )
+    response["Retry-After"] = str(verdict.retry_after)
+    return response
+
+
+def _accept(request: HttpRequest) -> _Delivery | JsonResponse:
+    """Authenticate, parse and resolve the request, or answer why not."""
     if request.method != "POST":
         response = _refuse(405, f"method {request.method} is not allowed; Cloud Tasks POSTs")
         response["Allow"] = "POST"
@@ -60,7 +151,6 @@ async def execute(request: HttpRequest) -> JsonResponse:
             f"backend {payload.backend!r} is not a CloudTasksBackend this request may use",
             payload.task_id,
         )
-    backend = backends[payload.backend]
     try:
         attempt = _attempt(request)
         task = _task(payload.task_path).using(
@@ -71,10 +161,13 @@ async def execute(request: HttpRequest) -> JsonResponse:
         return _refuse(400, str(exc), payload.task_id)
     except LookupError as exc:
         return _refuse(404, str(exc), payload.task_id)
+    backend = backends[payload.backend]
+    return _Delivery(type(backend), task, payload, attempt, backend.config)
 
-    result = execution.start(type(backend), task, payload, attempt)
-    await execution.arun(type(backend), result)
-    if result.errors:
+
+def _outcome(result: TaskResult[..., Any]) -> JsonResponse:
+    # Not `if result.errors`: with a result store they include earlier attempts' errors.
+    if result.status == TaskResultStatus.FAILED:
         error = result.errors[-1].traceback.rstrip().rpartition("\n")[2]
         return JsonResponse({"status": "error", "task_id": result.id, "error": error}, status=500)
     return JsonResponse({"status": "success", "task_id": result.id})
@@ -96,23 +189,28 @@ def _cloud_tasks_backends() -> dict[str, CloudTasksBackend]:
 
 
 def _attempt(request: HttpRequest) -> execution.Attempt:
-    retries = request.headers.get(RETRY_COUNT_HEADER)
+    # META, not request.headers: building the headers mapping costs more than the rest of this.
+    task_name = request.META.get(TASK_NAME_META)
+    retries = request.META.get(RETRY_COUNT_META)
     if retries is None:
-        return execution.Attempt(number=1, task_name=request.headers.get(TASK_NAME_HEADER))
+        return execution.Attempt(number=1, task_name=task_name)
     if not (retries.isdecimal() and len(retries) < 10):
         raise ValueError(f"{RETRY_COUNT_HEADER} must be a whole number, not {retries[:20]!r}")
-    return execution.Attempt(
-        number=int(retries) + 1, task_name=request.headers.get(TASK_NAME_HEADER)
-    )
+    return execution.Attempt(number=int(retries) + 1, task_name=task_name)
 
 
 def _check_arguments(task: Task[..., Any], payload: Payload) -> None:
     # A call that cannot bind would fail on every retry: refuse it as bad input instead.
     args = [None, *payload.args] if task.takes_context else payload.args
     try:
-        inspect.signature(task.func).bind(*args, **payload.kwargs)
+        _signature(task.func).bind(*args, **payload.kwargs)
     except TypeError as exc:
         raise ValueError(f"{payload.task_path} does not accept these arguments: {exc}") from None
+
+
+@lru_cache(maxsize=1024)
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(func)
 
 
 def _task(task_path: str) -> Task[..., Any]:

@@ -1,0 +1,355 @@
+"""Benchmark: the backend and the execute view against the floors they cannot beat.
+
+    .venv/bin/python benchmarks/run.py            # about two minutes
+    .venv/bin/python benchmarks/run.py --quick    # fewer repetitions, for a smoke test
+
+Each figure is the median of several repetitions, and each is compared with its floor, measured in
+the same run on the same machine: the raw, reused ``CloudTasksClient`` calling the same emulator; a
+bare Django JSON view behind the same server and middleware; a process that builds a raw client
+instead of the backend. The emulator and the web server run in processes of their own, so the
+client side is measured alone. Queues are paused, so the emulator does not dispatch meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT, LOCATION, QUEUE = "bench-project", "us-central1", "default"
+PARENT = f"projects/{PROJECT}/locations/{LOCATION}/queues/{QUEUE}"
+SERVICE_ACCOUNT = "invoker@bench-project.iam.gserviceaccount.com"
+ARGS = ([1, 2, 3], {"user_id": 123, "message": "hello"})
+
+
+@dataclass
+class Figure:
+    name: str
+    ours: float
+    floor: float
+    unit: str
+    target: str
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.floor
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<44} {self.ours:>10,.1f} {self.floor:>10,.1f} {self.unit:<8} "
+            f"{self.ratio:>6.2f}x  (target {self.target})"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "benchmarks.settings"}
+    env.update(extra)
+    return env
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+@contextmanager
+def process(command: list[str], port: int, env: dict[str, str]) -> Iterator[None]:
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def median_of(repeat: int, measure: Callable[[], float]) -> float:
+    return statistics.median(measure() for _ in range(repeat))
+
+
+# --- enqueue ---------------------------------------------------------------------------------
+
+
+def raw_request(handler_host: str) -> dict[str, Any]:
+    """What the backend sends, built once: the floor does no work of its own per call."""
+    body = json.dumps({"task_id": "x" * 36, "task_path": "benchmarks.tasks.noop", "args": ARGS[0]})
+    return {
+        "parent": PARENT,
+        "task": {
+            "http_request": {
+                "url": f"{handler_host}/cloudtasks/execute/",
+                "headers": {"Content-Type": "application/json"},
+                "body": body.encode(),
+            }
+        },
+    }
+
+
+def rate(count: int, run: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    run()
+    return count / (time.perf_counter() - started)
+
+
+def enqueue_figures(repeat: int, count: int, emulator_host: str) -> list[Figure]:
+    from google.cloud import tasks_v2
+
+    from benchmarks.tasks import noop
+    from django_tasks_cloud_tasks import client
+
+    raw = client.sync_client(emulator_host)
+    request = raw_request("http://127.0.0.1:9")
+    args, kwargs = ARGS
+
+    def ours_sequential() -> float:
+        return rate(count, lambda: [noop.enqueue(*args, **kwargs) for _ in range(count)])
+
+    def raw_sequential() -> float:
+        return rate(count, lambda: [raw.create_task(request=request) for _ in range(count)])
+
+    def threaded(call: Callable[[], Any]) -> float:
+        def run() -> None:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda _: call(), range(count)))
+
+        return rate(count, run)
+
+    noop.enqueue(*args, **kwargs)  # Warm both paths before timing.
+    raw.create_task(request=request)
+    figures = [
+        Figure(
+            "enqueue, sequential",
+            median_of(repeat, ours_sequential),
+            median_of(repeat, raw_sequential),
+            "ops/s",
+            ">= 0.9x",
+        ),
+        Figure(
+            "enqueue, 8 threads",
+            median_of(repeat, lambda: threaded(lambda: noop.enqueue(*args, **kwargs))),
+            median_of(repeat, lambda: threaded(lambda: raw.create_task(request=request))),
+            "ops/s",
+            ">= 0.9x",
+        ),
+    ]
+
+    async def gathered(make: Callable[[], Any]) -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(make() for _ in range(count)))
+        return count / (time.perf_counter() - started)
+
+    async def async_figures() -> tuple[float, float]:
+        raw_async = client.async_client(emulator_host)
+        await noop.aenqueue(*args, **kwargs)
+        await raw_async.create_task(request=tasks_v2.CreateTaskRequest(request))
+        ours = [await gathered(lambda: noop.aenqueue(*args, **kwargs)) for _ in range(repeat)]
+        floor = [
+            await gathered(lambda: raw_async.create_task(request=request)) for _ in range(repeat)
+        ]
+        return statistics.median(ours), statistics.median(floor)
+
+    ours_async, raw_async = asyncio.run(async_figures())
+    figures.append(Figure(f"aenqueue, {count} gathered", ours_async, raw_async, "ops/s", ">= 0.8x"))
+    return figures
+
+
+# --- execute view ----------------------------------------------------------------------------
+
+
+def post_rate(port: int, path: str, body: bytes, headers: dict[str, str], count: int) -> float:
+    """Requests/s from two keep-alive connections (the server has one worker process)."""
+
+    def client(share: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port)
+        for _ in range(share):
+            connection.request("POST", path, body, headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path} answered {response.status}")
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(count // 2,)) for _ in range(2)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return count / (time.perf_counter() - started)
+
+
+def view_figures(repeat: int, count: int, emulator: Any) -> list[Figure]:
+    body = json.dumps(
+        {
+            "task_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+            "task_path": "benchmarks.tasks.noop",
+            "args": ARGS[0],
+            "kwargs": ARGS[1],
+            "queue_name": QUEUE,
+            "backend": "default",
+            "priority": 0,
+            "takes_context": False,
+            "enqueued_at": "2026-01-01T00:00:00+00:00",
+        }
+    ).encode()
+    json_headers = {"Content-Type": "application/json", "X-CloudTasks-TaskRetryCount": "0"}
+    figures = []
+    modes: list[tuple[str, dict[str, str], dict[str, str]]] = [
+        ("execute view (WSGI, gunicorn)", {}, {}),
+    ]
+    port = free_port()
+    handler_host = f"http://127.0.0.1:{port}"
+    token = emulator.mint_token(email=SERVICE_ACCOUNT, audience=handler_host)
+    modes.append(
+        (
+            "execute view with OIDC (WSGI, gunicorn)",
+            {
+                "BENCHMARK_OIDC_EMAIL": SERVICE_ACCOUNT,
+                "CLOUD_TASKS_EMULATOR_HOST": emulator.address,
+            },
+            {"Authorization": f"Bearer {token}"},
+        )
+    )
+    for name, extra_env, extra_headers in modes:
+        env = environment(BENCHMARK_HANDLER_HOST=handler_host, **extra_env)
+        command = [
+            sys.executable, "-m", "gunicorn", "benchmarks.wsgi:application",
+            "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
+            "--threads", "2", "--keep-alive", "30", "--log-level", "warning",
+        ]  # fmt: skip
+        with process(command, port, env):
+            headers = {**json_headers, **extra_headers}
+            for path in ("/bare/", "/cloudtasks/execute/"):
+                post_rate(port, path, body, headers, 200)  # Warm up (and fetch certificates).
+            ours, floor = [], []
+            for _ in range(repeat):
+                floor.append(post_rate(port, "/bare/", body, headers, count))
+                ours.append(post_rate(port, "/cloudtasks/execute/", body, headers, count))
+        target = ">= 0.75x" if extra_headers else ">= 0.8x"
+        figures.append(
+            Figure(name, statistics.median(ours), statistics.median(floor), "req/s", target)
+        )
+    return figures
+
+
+# --- cold start ------------------------------------------------------------------------------
+
+COLD_OURS = """
+import django; django.setup()
+from benchmarks.tasks import noop
+noop.enqueue(1)
+"""
+COLD_RAW = """
+import django; django.setup()
+import grpc
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+client = tasks_v2.CloudTasksClient(
+    transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel("{host}"))
+)
+client.create_task(request={request!r})
+"""
+RSS = "\nimport resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+
+
+def cold_start_figures(repeat: int, emulator_host: str) -> list[Figure]:
+    env = environment(CLOUD_TASKS_EMULATOR_HOST=emulator_host)
+    raw = COLD_RAW.format(host=emulator_host, request=raw_request("http://127.0.0.1:9"))
+
+    def run(code: str) -> tuple[float, float]:
+        started = time.perf_counter()
+        output = subprocess.run(
+            [sys.executable, "-c", code + RSS], env=env, cwd=ROOT, check=True,
+            capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        return (time.perf_counter() - started) * 1000, int(output.split()[-1]) / 1024
+
+    ours = [run(COLD_OURS) for _ in range(repeat)]
+    floor = [run(raw) for _ in range(repeat)]
+    return [
+        Figure(
+            "cold start (setup + first enqueue)",
+            statistics.median(t for t, _ in ours),
+            statistics.median(t for t, _ in floor),
+            "ms",
+            "<= 1.0x",
+        ),
+        Figure(
+            "peak memory of that process",
+            statistics.median(m for _, m in ours),
+            statistics.median(m for _, m in floor),
+            "MiB",
+            "~ 1.0x",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    options = parser.parse_args()
+    repeat, count = (3, 300) if options.quick else (7, 1000)
+
+    sys.path.insert(0, str(ROOT))
+    os.environ.update(environment())
+    import django
+
+    from django_tasks_cloud_tasks import client
+    from django_tasks_cloud_tasks.emulator import Emulator
+
+    port = free_port()
+    emulator_host = f"127.0.0.1:{port}"
+    os.environ["CLOUD_TASKS_EMULATOR_HOST"] = emulator_host
+    django.setup()
+    command = [
+        sys.executable, "-m", "django", "cloudtasks_emulator", "--port", str(port),
+        "--project", PROJECT, "--location", LOCATION, "--queue", QUEUE,
+    ]  # fmt: skip
+    figures: list[Figure] = []
+    with process(command, port, environment()):
+        client.sync_client(emulator_host).pause_queue(name=PARENT)
+        figures += enqueue_figures(repeat, count, emulator_host)
+        figures += cold_start_figures(repeat, emulator_host)
+    # The view benchmark needs only the emulator's keys (for OIDC tokens): run it in-process.
+    with Emulator(project=PROJECT, location=LOCATION, queues=()) as emulator:
+        figures += view_figures(repeat, count, emulator)
+
+    print(f"\n{'':<44} {'ours':>10} {'floor':>10}")
+    for figure in figures:
+        print(figure.line())
+    if options.json:
+        options.json.write_text(
+            json.dumps([{**vars(f), "ratio": round(f.ratio, 3)} for f in figures], indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()

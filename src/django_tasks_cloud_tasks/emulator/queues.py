@@ -1,0 +1,92 @@
+"""Queue configuration: the defaults an API-created queue gets, and the limits on what is set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from google.api_core.exceptions import InvalidArgument, MethodNotImplemented
+from google.cloud import tasks_v2
+
+from .retry import UNLIMITED_ATTEMPTS
+
+# What `gcloud tasks queues describe` shows for a queue created through the API.
+DEFAULT_RATE = 500.0
+DEFAULT_BURST = 100
+DEFAULT_CONCURRENCY = 1000
+DEFAULT_MAX_ATTEMPTS = 100
+DEFAULT_MIN_BACKOFF = timedelta(seconds=0.1)
+DEFAULT_MAX_BACKOFF = timedelta(seconds=3600)
+DEFAULT_MAX_DOUBLINGS = 16
+
+MAX_RATE = 500.0
+MAX_CONCURRENCY = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """A queue's dispatch limits as plain numbers, read once instead of on every dispatch."""
+
+    rate: float
+    burst: int
+    concurrency: int
+    max_attempts: int
+    min_backoff: float
+    max_backoff: float
+    max_doublings: int
+    max_retry_duration: float
+
+
+def configure(queue: tasks_v2.Queue) -> QueueSettings:
+    """Fill in the defaults for what ``queue`` leaves at zero, check the rest, mark it RUNNING.
+
+    Proto3 cannot tell an unset number from 0, so 0 means "the default", as in the real API.
+    Mutates ``queue``.
+    """
+    if "http_target" in queue or "app_engine_routing_override" in queue:
+        raise MethodNotImplemented("The emulator does not support queue-level routing.")
+    # Sub-message wrappers write through to ``queue``.
+    rates = queue.rate_limits
+    retry = queue.retry_config
+    rates.max_dispatches_per_second = rates.max_dispatches_per_second or DEFAULT_RATE
+    # Output only in the real API, where Cloud Tasks picks it; honoured here so tests can shape
+    # bursts.
+    rates.max_burst_size = rates.max_burst_size or DEFAULT_BURST
+    rates.max_concurrent_dispatches = rates.max_concurrent_dispatches or DEFAULT_CONCURRENCY
+    retry.max_attempts = retry.max_attempts or DEFAULT_MAX_ATTEMPTS
+    retry.min_backoff = retry.min_backoff or DEFAULT_MIN_BACKOFF
+    retry.max_backoff = retry.max_backoff or DEFAULT_MAX_BACKOFF
+    retry.max_doublings = retry.max_doublings or DEFAULT_MAX_DOUBLINGS
+    tasks_v2.Queue.pb(queue).state = tasks_v2.Queue.State.RUNNING
+    settings = QueueSettings(
+        rate=rates.max_dispatches_per_second,
+        burst=rates.max_burst_size,
+        concurrency=rates.max_concurrent_dispatches,
+        max_attempts=retry.max_attempts,
+        min_backoff=retry.min_backoff.total_seconds(),
+        max_backoff=retry.max_backoff.total_seconds(),
+        max_doublings=retry.max_doublings,
+        max_retry_duration=retry.max_retry_duration.total_seconds(),
+    )
+    _check(settings)
+    return settings
+
+
+def _check(settings: QueueSettings) -> None:
+    problems = []
+    if not 0 < settings.rate <= MAX_RATE:
+        problems.append(f"max_dispatches_per_second must be in (0, {MAX_RATE:g}]")
+    if settings.burst < 1:
+        problems.append("max_burst_size must be positive")
+    if not 0 < settings.concurrency <= MAX_CONCURRENCY:
+        problems.append(f"max_concurrent_dispatches must be in [1, {MAX_CONCURRENCY}]")
+    if settings.max_attempts < UNLIMITED_ATTEMPTS:
+        problems.append("max_attempts must be positive, or -1 for unlimited")
+    if settings.min_backoff < 0 or settings.max_retry_duration < 0:
+        problems.append("durations must not be negative")
+    if settings.min_backoff > settings.max_backoff:
+        problems.append("min_backoff must not exceed max_backoff")
+    if settings.max_doublings < 0:
+        problems.append("max_doublings must not be negative")
+    if problems:
+        raise InvalidArgument("Invalid queue configuration: " + "; ".join(problems) + ".")

@@ -1,0 +1,213 @@
+"""``Emulator``: a local Cloud Tasks v2 service over real gRPC that really dispatches tasks."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.cloud import tasks_v2
+
+from .dispatcher import WORKERS, Dispatcher
+from .names import check_queue_name, location_name
+from .records import DispatchRecord
+from .service import CloudTasksService, oidc_config_handler
+from .state import Store
+from .tokens import TokenServer, TokenSigner
+
+DEFAULT_TOMBSTONE_SECONDS = 24 * 3600.0
+_GRPC_THREADS = 16
+_STOP_TIMEOUT = 0.5
+
+
+class Emulator:
+    """Cloud Tasks for tests and development, in this process.
+
+    Point the unmodified ``CloudTasksClient`` at ``address`` over an insecure channel. Tasks are
+    POSTed (or PUT, ...) to their URLs when due, with Cloud Tasks' headers, retries and OIDC
+    tokens; verify the tokens against ``certs_url``. Any project and location are accepted;
+    ``project`` and ``location`` are only the defaults for ``queues`` and ``create_queue``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        project: str = "demo-project",
+        location: str = "us-central1",
+        queues: Iterable[str] = ("default",),
+        token_port: int = 0,
+        log: Callable[[str], None] | None = None,
+        tombstone_seconds: float = DEFAULT_TOMBSTONE_SECONDS,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._project = project
+        self._location = location
+        self._token_port = token_port
+        self._log = log
+        self._store = Store(tombstone_seconds=tombstone_seconds, max_queue_concurrency=WORKERS)
+        self._started = False
+        self._address: str | None = None
+        self._issuer: str | None = None
+        self._tokens: TokenServer | None = None
+        self._signer: TokenSigner | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._grpc_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._grpc_server: Any = None
+        for queue_id in queues:
+            self.create_queue(queue_id)
+
+    def start(self) -> Self:
+        """Start serving and dispatching in background threads; returns at once."""
+        if self._started:
+            raise RuntimeError("An Emulator can be started only once.")
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the gRPC service."""
+        if self._address is None:
+            raise RuntimeError("The emulator has not been started.")
+        return self._address
+
+    @property
+    def issuer(self) -> str:
+        """The ``iss`` of the OIDC tokens: the URL of the token server."""
+        if self._issuer is None:
+            raise RuntimeError("The emulator has not been started.")
+        return self._issuer
+
+    @property
+    def certs_url(self) -> str:
+        """Where the token signing keys are, as ``{kid: PEM}``."""
+        return f"{self.issuer}/certs"
+
+    @property
+    def dispatches(self) -> list[DispatchRecord]:
+        """Every attempt since the start or the last ``reset``, oldest first (a copy)."""
+        return self._store.records()
+
+    def create_queue(
+        self,
+        name: str,
+        project: str | None = None,
+        location: str | None = None,
+        *,
+        max_attempts: int | None = None,
+        min_backoff: float | None = None,
+        max_backoff: float | None = None,
+        max_doublings: int | None = None,
+        max_retry_duration: float | None = None,
+        max_dispatches_per_second: float | None = None,
+        max_concurrent_dispatches: int | None = None,
+        max_burst_size: int | None = None,
+    ) -> tasks_v2.Queue:
+        """Create queue ``name`` as CreateQueue would, with its errors; durations in seconds."""
+        parent = location_name(project or self._project, location or self._location)
+        queue = tasks_v2.Queue(
+            name=check_queue_name(f"{parent}/queues/{name}"),
+            rate_limits=_present(
+                max_dispatches_per_second=max_dispatches_per_second,
+                max_concurrent_dispatches=max_concurrent_dispatches,
+                max_burst_size=max_burst_size,
+            ),
+            retry_config=_present(
+                max_attempts=max_attempts,
+                min_backoff=_duration(min_backoff),
+                max_backoff=_duration(max_backoff),
+                max_doublings=max_doublings,
+                max_retry_duration=_duration(max_retry_duration),
+            ),
+        )
+        return self._store.create_queue(queue)
+
+    def mint_token(self, *, email: str, audience: str) -> str:
+        """An ID token signed like those the emulator attaches to dispatches: for tests that call
+        a view directly, as Cloud Tasks would."""
+        if self._signer is None:
+            raise RuntimeError("The emulator has not been started.")
+        return self._signer.mint(email=email, audience=audience)
+
+    def wait_until_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no task is scheduled (in any queue, paused or not) or in flight.
+
+        Returns False if that does not happen within ``timeout`` seconds.
+        """
+        return self._store.wait_until_idle(timeout)
+
+    def reset(self) -> None:
+        """Drop every task, tombstone and dispatch record; the queues stay as they are.
+
+        Attempts already under way still reach their targets, but are neither recorded nor
+        retried.
+        """
+        self._store.reset()
+
+    def stop(self) -> None:
+        """Stop serving and dispatching; attempts still waiting on their targets are abandoned."""
+        # Outside in: no new requests, then no new attempts, then no key documents.
+        if self._grpc_server is not None:
+            self._grpc_server.stop(grace=None).wait()
+            self._grpc_server = None
+        if self._grpc_executor is not None:
+            self._grpc_executor.shutdown(cancel_futures=True)
+            self._grpc_executor = None
+        self._store.close()
+        if self._dispatcher is not None:
+            self._dispatcher.stop(_STOP_TIMEOUT)
+            self._dispatcher = None
+        if self._tokens is not None:
+            self._tokens.stop()
+            self._tokens = None
+
+    def __enter__(self) -> Self:
+        return self if self._started else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        self._tokens = TokenServer(self._host, self._token_port)
+        self._signer = TokenSigner(self._tokens.url)
+        self._tokens.start(self._signer.documents())
+        self._dispatcher = Dispatcher(self._store, self._signer, self._log)
+        self._dispatcher.start()
+        self._grpc_executor = concurrent.futures.ThreadPoolExecutor(
+            _GRPC_THREADS, thread_name_prefix="cloud-tasks-emulator-grpc"
+        )
+        # Without this, a second emulator on a fixed port would silently share it.
+        self._grpc_server = grpc.server(self._grpc_executor, options=[("grpc.so_reuseport", 0)])
+        port = self._grpc_server.add_insecure_port(f"{self._host}:{self._port}")
+        self._grpc_server.add_generic_rpc_handlers(
+            (
+                CloudTasksService(self._store).handler(),
+                oidc_config_handler(self._tokens.url, f"{self._tokens.url}/certs"),
+            )
+        )
+        self._grpc_server.start()
+        self._address = f"{self._host}:{port}"
+        self._issuer = self._tokens.url
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    """The fields that were given, so that the rest keep their defaults."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _duration(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)

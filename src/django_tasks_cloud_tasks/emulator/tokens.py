@@ -1,0 +1,148 @@
+"""OIDC ID tokens like those Cloud Tasks attaches, and the HTTP server publishing their keys.
+
+Each emulator signs with its own fresh RSA key. Its certificates document is the PEM form Google
+serves at ``/oauth2/v1/certs`` (``{kid: PEM}``), which
+``google.oauth2.id_token.verify_token(..., certs_url=...)`` accepts; the JWKS form would make
+google-auth switch to PyJWT, which ignores clock skew.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth import crypt, jwt
+
+TOKEN_LIFETIME = 3600
+_NUMERIC_ID_MODULUS = 10**21  # service-account unique ids are 21-digit numbers
+
+
+class TokenSigner:
+    """Mints RS256 ID tokens issued by ``issuer`` for any service account."""
+
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public_key = key.public_key()
+        der = public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.kid = hashlib.sha256(der).hexdigest()[:16]
+        self.public_pem = public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+        self._public_numbers = public_key.public_numbers()
+        private_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self._signer = crypt.RSASigner.from_string(private_pem, key_id=self.kid)
+
+    def mint(self, *, email: str, audience: str) -> str:
+        now = int(time.time())
+        digest = hashlib.sha256(email.encode()).digest()
+        account_id = str(int.from_bytes(digest) % _NUMERIC_ID_MODULUS)
+        payload = {
+            "iss": self.issuer,
+            "aud": audience,
+            "azp": account_id,
+            "sub": account_id,
+            "email": email,
+            "email_verified": True,
+            "iat": now,
+            "exp": now + TOKEN_LIFETIME,
+        }
+        token: bytes = jwt.encode(self._signer, payload)
+        return token.decode()
+
+    def documents(self) -> dict[str, bytes]:
+        """The JSON documents the token server publishes, by path."""
+        jwk = {
+            "kty": "RSA",
+            "alg": "RS256",
+            "use": "sig",
+            "kid": self.kid,
+            "n": _base64url_uint(self._public_numbers.n),
+            "e": _base64url_uint(self._public_numbers.e),
+        }
+        discovery = {
+            "issuer": self.issuer,
+            "jwks_uri": f"{self.issuer}/jwks",
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+        }
+        return {
+            "/certs": json.dumps({self.kid: self.public_pem}).encode(),
+            "/jwks": json.dumps({"keys": [jwk]}).encode(),
+            "/.well-known/openid-configuration": json.dumps(discovery).encode(),
+        }
+
+
+class TokenServer:
+    """Serves the signer's documents over HTTP; binds on construction, serves after ``start``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._server = _DocumentServer((host, port), _DocumentHandler)
+        self.url = f"http://{host}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            # Short, so that stop() returns promptly.
+            kwargs={"poll_interval": 0.05},
+            name="cloud-tasks-emulator-tokens",
+            daemon=True,
+        )
+
+    def start(self, documents: dict[str, bytes]) -> None:
+        self._server.documents = documents
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+
+class _DocumentServer(ThreadingHTTPServer):
+    documents: dict[str, bytes]
+
+
+class _DocumentHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate sends; with Nagle on, keep-alive clients would wait
+    # for a delayed ACK on every request.
+    disable_nagle_algorithm = True
+    server: _DocumentServer
+
+    def do_GET(self) -> None:
+        body = self.server.documents.get(self.path.partition("?")[0])
+        if body is None:
+            self._send(404, b'{"error": "not found"}', cache=False)
+        else:
+            self._send(200, body, cache=True)
+
+    def _send(self, status: int, body: bytes, *, cache: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if cache:
+            self.send_header("Cache-Control", "public, max-age=3600")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: certificate fetches are routine."""
+
+
+def _base64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

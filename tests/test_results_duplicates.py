@@ -1,0 +1,163 @@
+"""At-least-once delivery made safe: with STORE_RESULTS, a task runs once however often it arrives.
+
+Each test fires real concurrent HTTP requests at the live server, as Cloud Tasks does when it
+delivers a task twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import requests
+from django.tasks import TaskResultStatus
+from django.utils import timezone
+
+from django_tasks_cloud_tasks import CloudTasksBackend, execution, store
+from django_tasks_cloud_tasks.execution import Attempt
+from django_tasks_cloud_tasks.models import TaskRecord
+from django_tasks_cloud_tasks.payload import decode
+from tests import tasks
+from tests.conftest import CloudTasks
+from tests.tasks import recorder
+from tests.test_results import body, deliver
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DELIVERIES = 6
+
+
+@pytest.fixture
+def stored(cloud_tasks: CloudTasks) -> CloudTasks:
+    cloud_tasks.configure(STORE_RESULTS=True)
+    return cloud_tasks
+
+
+def deliver_at_once(cloud_tasks: CloudTasks, document: dict[str, Any]) -> list[requests.Response]:
+    """Send the same delivery from several threads released together."""
+    barrier = threading.Barrier(DELIVERIES)
+
+    def send(_: int) -> requests.Response:
+        barrier.wait()
+        return deliver(cloud_tasks, document)
+
+    with ThreadPoolExecutor(DELIVERIES) as pool:
+        return list(pool.map(send, range(DELIVERIES)))
+
+
+def slow_task(task_id: str, seconds: float = 1.0) -> dict[str, Any]:
+    return body(task_id, task_path="tests.tasks.slow", args=[seconds], takes_context=True)
+
+
+def enqueued_for_later() -> str:
+    """A READY row, written by a real enqueue, whose Cloud Tasks delivery is an hour away."""
+    later = timezone.now() + timedelta(hours=1)
+    return tasks.slow.using(run_after=later).enqueue(1.0).id
+
+
+@pytest.mark.parametrize("row", ["missing", "ready"])
+def test_concurrent_deliveries_run_the_task_once_and_ask_the_rest_to_retry(
+    stored: CloudTasks, row: str
+) -> None:
+    task_id = enqueued_for_later() if row == "ready" else "concurrent-first-delivery"
+
+    responses = deliver_at_once(stored, slow_task(task_id))
+
+    assert Counter(r.status_code for r in responses) == {200: 1, 409: DELIVERIES - 1}
+    assert len(recorder.named("slow")) == 1
+    for response in responses:
+        if response.status_code == 409:
+            assert response.json()["status"] == "running"
+            assert "another attempt" in response.json()["reason"]
+            # Until the default dispatch deadline (10 minutes) of the running attempt passes.
+            assert 590 <= int(response.headers["Retry-After"]) <= 600
+    result = tasks.slow.get_result(task_id)
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.attempts == 1
+
+
+def test_deliveries_of_a_task_that_succeeded_are_acknowledged_without_running_it(
+    stored: CloudTasks,
+) -> None:
+    document = slow_task("succeeded-once", seconds=0)
+    assert deliver(stored, document).status_code == 200
+
+    responses = deliver_at_once(stored, document)
+
+    assert [r.status_code for r in responses] == [200] * DELIVERIES
+    assert all(
+        r.json() == {"status": "success", "task_id": "succeeded-once", "duplicate": True}
+        for r in responses
+    )
+    assert len(recorder.named("slow")) == 1
+
+
+def test_a_failed_task_runs_again_when_cloud_tasks_retries_it(stored: CloudTasks) -> None:
+    document = body("fails", task_path="tests.tasks.always_fails", args=[])
+
+    statuses = [deliver(stored, document, retries=retry).status_code for retry in range(2)]
+
+    assert statuses == [500, 500]
+    assert len(recorder.named("always_fails")) == 2
+    assert tasks.always_fails.get_result("fails").attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("deadline", "running_for", "runs"),
+    [
+        (None, timedelta(minutes=11), True),  # Cloud Tasks' default deadline: 10 minutes.
+        (None, timedelta(minutes=9), False),
+        (15, timedelta(seconds=20), True),
+        (15, timedelta(seconds=5), False),
+    ],
+)
+def test_a_delivery_after_the_running_attempts_dispatch_deadline_runs_the_task(
+    stored: CloudTasks, deadline: int | None, running_for: timedelta, runs: bool
+) -> None:
+    if deadline is not None:
+        stored.configure(STORE_RESULTS=True, DISPATCH_DEADLINE=deadline)
+    attempted_at = timezone.now() - running_for
+    TaskRecord.objects.create(
+        id="overran",
+        task_path="tests.tasks.slow",
+        queue_name="default",
+        backend="default",
+        status=TaskResultStatus.RUNNING,
+        started_at=attempted_at,
+        last_attempted_at=attempted_at,
+        worker_ids=["the-worker-cloud-tasks-gave-up-on"],
+    )
+
+    response = deliver(stored, slow_task("overran", seconds=0), retries=1)
+
+    assert response.status_code == (200 if runs else 409)
+    assert len(recorder.named("slow")) == (1 if runs else 0)
+    if not runs:
+        limit = timedelta(seconds=deadline or 600) - running_for
+        assert int(response.headers["Retry-After"]) == pytest.approx(limit.total_seconds(), abs=1)
+
+
+def test_the_outcome_of_an_attempt_claimed_over_is_not_stored(stored: CloudTasks) -> None:
+    payload = decode(json.dumps(body("claimed-over")).encode())
+    deadline = timedelta(minutes=10)
+    overran = store.claim(payload, Attempt(1), deadline)
+    assert isinstance(overran, execution.Claim)
+    # The first attempt outlives its dispatch deadline; Cloud Tasks' retry claims the task over.
+    TaskRecord.objects.filter(pk=payload.task_id).update(
+        last_attempted_at=overran.attempted_at - deadline
+    )
+    retry = store.claim(payload, Attempt(2), deadline)
+    assert isinstance(retry, execution.Claim)
+
+    late = execution.start(CloudTasksBackend, tasks.add, payload, Attempt(1), overran)
+    store.record_finished(execution.run(CloudTasksBackend, late), overran)
+
+    assert late.status == TaskResultStatus.SUCCESSFUL
+    record = TaskRecord.objects.get(pk=payload.task_id)
+    assert record.status == TaskResultStatus.RUNNING
+    assert record.last_attempted_at == retry.attempted_at
