@@ -21,7 +21,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -196,12 +195,10 @@ def post_rate(port: int, path: str, body: bytes, headers: dict[str, str], count:
                 raise RuntimeError(f"{path} answered {response.status}")
         connection.close()
 
-    threads = [threading.Thread(target=client, args=(count // 2,)) for _ in range(2)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(client, count // 2) for _ in range(2)]:
+            done.result()
     return count / (time.perf_counter() - started)
 
 

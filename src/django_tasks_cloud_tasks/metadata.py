@@ -41,5 +41,6 @@ def read(path: str) -> str:
     try:
         value = _metadata.get(_request(), path, root=root, retry_count=1, timeout=TIMEOUT_SECONDS)
     except google.auth.exceptions.GoogleAuthError as exc:
-        raise MetadataUnavailable(f"{root}{path}: {exc}") from exc
+        # google-auth's message repeats the URL and the whole urllib3 chain; the cause is kept.
+        raise MetadataUnavailable(f"{root}{path} could not be read") from exc
     return str(value).strip()

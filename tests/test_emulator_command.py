@@ -1,0 +1,127 @@
+"""``manage.py cloudtasks_emulator`` as a separate process, the way developers run it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from threading import Thread
+from typing import Any
+
+import grpc
+import pytest
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "django", "cloudtasks_emulator", *args],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT),
+             **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def read_line_containing(proc: subprocess.Popen[str], text: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if text in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(
+        f"no line with {text!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    )
+
+
+class _Target(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def target() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _Target)
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook/"
+    server.shutdown()
+
+
+def test_the_command_serves_queues_of_the_backend_logs_dispatches_and_stops_on_ctrl_c(
+    target: str,
+) -> None:
+    port = free_port()
+    proc = start("--port", str(port), "--queue", "default", "--queue", "emails")
+    try:
+        banner = read_line_containing(proc, "Cloud Tasks emulator on")
+        assert f"127.0.0.1:{port}" in banner
+        assert "project test-project, location us-central1" in banner
+        client = tasks_v2.CloudTasksClient(
+            transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel(f"127.0.0.1:{port}"))
+        )
+        parent = "projects/test-project/locations/us-central1"
+        queues = {q.name.rsplit("/", 1)[1] for q in client.list_queues(parent=parent)}
+        assert queues == {"default", "emails"}
+
+        client.create_task(
+            parent=f"{parent}/queues/emails", task={"http_request": {"url": target, "body": b"x"}}
+        )
+
+        line = read_line_containing(proc, "->")
+        assert line.startswith(f"POST {target} -> 204")
+        assert "queue=emails" in line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        assert "Emulator stopped." in (proc.stdout.read() if proc.stdout else "")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_command_explains_what_to_set_when_the_backend_cannot_be_resolved() -> None:
+    unconfigured = {
+        "DJANGO_SETTINGS_MODULE": "tests.settings_unconfigured",
+        "GCE_METADATA_HOST": "127.0.0.1:9",
+    }
+    proc = start("--port", str(free_port()), env=unconfigured)
+    _, stderr = proc.communicate(timeout=30)
+
+    assert proc.returncode == 1
+    assert "CLOUD_TASKS_PROJECT" in stderr
+    assert "--project and --location" in stderr
+
+
+def test_a_busy_port_is_reported_not_hidden() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proc = start("--port", str(busy.getsockname()[1]))
+        _, stderr = proc.communicate(timeout=30)
+
+    assert proc.returncode == 1
+    assert "Could not start the emulator" in stderr
