@@ -153,9 +153,7 @@ def _accept(request: HttpRequest) -> _Delivery | JsonResponse:
         )
     try:
         attempt = _attempt(request)
-        task = _task(payload.task_path).using(
-            backend=payload.backend, queue_name=payload.queue_name, priority=payload.priority
-        )
+        task = _task_as_enqueued(payload)
         _check_arguments(task, payload)
     except (InvalidTask, ValueError) as exc:
         return _refuse(400, str(exc), payload.task_id)
@@ -211,6 +209,20 @@ def _check_arguments(task: Task[..., Any], payload: Payload) -> None:
 @lru_cache(maxsize=1024)
 def _signature(func: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(func)
+
+
+def _task_as_enqueued(payload: Payload) -> Task[..., Any]:
+    """The task with the backend, queue and priority it was enqueued with (``Task.using``)."""
+    task = _task(payload.task_path)
+    if (task.backend, task.queue_name, task.priority) == (
+        payload.backend,
+        payload.queue_name,
+        payload.priority,
+    ):
+        return task  # Validated when it was defined; using() would validate it again.
+    return task.using(
+        backend=payload.backend, queue_name=payload.queue_name, priority=payload.priority
+    )
 
 
 def _task(task_path: str) -> Task[..., Any]:
