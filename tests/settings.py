@@ -67,3 +67,5 @@ LOGGING = {
     "root": {"handlers": ["null"]},
 }
 STATIC_URL = "static/"
+# The admin tests log users in; the default hasher is slow on purpose.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

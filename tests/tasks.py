@@ -140,11 +140,15 @@ def not_a_task() -> None:
 NOT_A_TASK_EITHER = "a string"
 
 
+# Set by a test to end the running `slow` tasks at the moment it chooses.
+release_slow = threading.Event()
+
+
 @task(takes_context=True)
 def slow(context: TaskContext, seconds: float) -> float:
-    """Runs long enough for a duplicate delivery to arrive while it runs."""
+    """Runs for ``seconds`` or until released: long enough for duplicate deliveries to arrive."""
     _record_context("slow", context, seconds)
-    time.sleep(seconds)
+    release_slow.wait(seconds)
     return seconds
 
 

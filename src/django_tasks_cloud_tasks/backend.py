@@ -28,7 +28,11 @@ _R = TypeVar("_R")
 
 
 class CloudTasksBackend(BaseTaskBackend):
-    """Runs tasks through Google Cloud Tasks, which POSTs each one back to the execute view."""
+    """Runs tasks through Google Cloud Tasks, which POSTs each one back to the execute view.
+
+    With ``STORE_RESULTS`` on, results are written to and read from the result store, which is
+    imported only then: it imports the models, which need the app registry and a database.
+    """
 
     supports_defer = True
     supports_async_task = True

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -56,20 +55,6 @@ class Claim:
     errors: tuple[TaskError, ...]  # Of the earlier attempts.
 
 
-def worker_ids(attempt: Attempt, recorded: Sequence[str] = ()) -> list[str]:
-    """One worker id per attempt, this one last; Cloud Tasks' count says how many there were.
-
-    Earlier places hold the workers a result store ``recorded``, and "unknown" for attempts it never
-    saw: deliveries refused as duplicates (Cloud Tasks counts those as retries too), a row pruned
-    or a store switched on in between. A store that saw more than Cloud Tasks counts (a request
-    replayed by hand) loses the surplus, so that ``context.attempt`` stays
-    X-CloudTasks-TaskRetryCount + 1, the number that Cloud Tasks' retry limits are about.
-    """
-    earlier = list(recorded[: attempt.number - 1])
-    earlier += [UNKNOWN_WORKER] * (attempt.number - 1 - len(earlier))
-    return [*earlier, worker_id()]
-
-
 def start(
     sender: type,
     task: Task[..., Any],
@@ -84,7 +69,7 @@ def start(
     """
     if claim is None:
         started_at = attempted_at = timezone.now()
-        workers, errors = worker_ids(attempt), []
+        workers, errors = [UNKNOWN_WORKER] * (attempt.number - 1) + [worker_id()], []
     else:
         started_at, attempted_at = claim.started_at, claim.attempted_at
         workers, errors = list(claim.worker_ids), list(claim.errors)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.tasks import Task, TaskResult, TaskResultStatus, task_backends
 from django.tasks.exceptions import InvalidTask
@@ -58,7 +59,10 @@ class _Delivery:
     config: CloudTasksConfig
 
 
+# Cloud Tasks sends no CSRF token; and a request-wide transaction (ATOMIC_REQUESTS) would hide the
+# result store's RUNNING claim from concurrent deliveries until the task finished.
 @csrf_exempt
+@transaction.non_atomic_requests
 def execute(request: HttpRequest) -> JsonResponse:
     """Runs a task in the request's thread; what WSGI servers (gunicorn) call."""
     delivery = _accept(request)
@@ -71,6 +75,7 @@ def execute(request: HttpRequest) -> JsonResponse:
 
 
 @csrf_exempt
+@transaction.non_atomic_requests
 async def aexecute(request: HttpRequest) -> JsonResponse:
     """Awaits async task functions on the server's event loop; what ASGI servers call."""
     delivery = _accept(request)

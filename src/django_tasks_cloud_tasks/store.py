@@ -1,0 +1,278 @@
+"""The optional result store (``STORE_RESULTS``): one ``TaskRecord`` row per task result.
+
+Cloud Tasks keeps no results, so with the store on the backend writes a READY row when it enqueues
+(one upsert), and each delivery claims the row before it runs the task and records the outcome
+after (two conditional UPDATEs). Claiming is what makes at-least-once delivery safe: a delivery of
+a task that already succeeded is acknowledged without running it again, and one that arrives while
+another attempt is still running (within its dispatch deadline) is told to come back later.
+
+The row can be missing when a delivery arrives: the enqueuing transaction has not committed yet,
+or the enqueue's write comes after the task ran. The delivery then inserts the row itself, and the
+enqueue's upsert only adds the Cloud Tasks task name to it.
+
+Only the backend and the view import this module, and only with the store on: it imports the
+models, which need a ready app registry and a database.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db.models import QuerySet
+from django.tasks import TaskResult, TaskResultStatus
+from django.tasks.base import TaskError
+from django.tasks.exceptions import TaskResultDoesNotExist
+from django.utils import timezone
+
+from .execution import UNKNOWN_WORKER, Attempt, Claim, worker_id
+from .models import TaskRecord
+from .payload import Payload
+
+logger = logging.getLogger(__name__)
+
+# A claim that keeps losing races (each loss means another delivery changed the row) gives up
+# after this many rounds and answers as if the task were running; Cloud Tasks retries it.
+_CLAIM_ROUNDS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadySucceeded:
+    """The task succeeded in an earlier delivery: acknowledge this one, do not run it again."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StillRunning:
+    """Another attempt runs the task and is within its dispatch deadline: retry later."""
+
+    task_id: str
+    retry_after: int  # Seconds until that attempt's deadline passes.
+
+
+def record_enqueued(result: TaskResult[..., Any], cloud_task_name: str) -> None:
+    """Write the READY row of a task just created in Cloud Tasks: one statement.
+
+    If a delivery already created the row, only the Cloud Tasks task name is added: the row
+    holds the delivery's newer state.
+    """
+    task = result.task
+    record = TaskRecord(
+        id=result.id,
+        task_path=task.module_path,
+        queue_name=task.queue_name,
+        priority=task.priority,
+        backend=result.backend,
+        status=TaskResultStatus.READY,
+        args=result.args,
+        kwargs=result.kwargs,
+        enqueued_at=result.enqueued_at,
+        cloud_task_name=cloud_task_name,
+    )
+    database = router.db_for_write(TaskRecord)
+    features = connections[database].features
+    if features.supports_update_conflicts:
+        TaskRecord.objects.using(database).bulk_create(
+            [record],
+            update_conflicts=True,
+            update_fields=["cloud_task_name"],
+            # MySQL's ON DUPLICATE KEY UPDATE names no conflict target.
+            unique_fields=["id"] if features.supports_update_conflicts_with_target else None,
+        )
+        return
+    # Oracle: no upsert. The savepoint keeps a conflict from breaking the caller's transaction.
+    try:
+        with transaction.atomic(using=database):
+            record.save(using=database, force_insert=True)
+    except IntegrityError:
+        TaskRecord.objects.using(database).filter(pk=record.pk).update(
+            cloud_task_name=cloud_task_name
+        )
+
+
+async def arecord_enqueued(result: TaskResult[..., Any], cloud_task_name: str) -> None:
+    await sync_to_async(record_enqueued)(result, cloud_task_name)
+
+
+def claim(
+    payload: Payload, attempt: Attempt, deadline: timedelta
+) -> Claim | AlreadySucceeded | StillRunning:
+    """Mark the task RUNNING for this attempt, unless it succeeded or another attempt runs it.
+
+    Atomic without locks: the row is read, then updated only if it still has the status and
+    ``last_attempted_at`` that were read. Every claim sets a new ``last_attempted_at`` (and every
+    outcome a new status), so of two concurrent deliveries exactly one UPDATE matches a row. A
+    missing row is inserted; if a concurrent delivery or the enqueue's write inserted it first,
+    the IntegrityError sends this claim round again, to decide on the row that won.
+
+    ``deadline`` is the dispatch deadline: Cloud Tasks has given up on a RUNNING attempt older
+    than that (and is retrying it), so its task may be claimed again.
+    """
+    # Read where the claim writes: a replica's stale row would only lose every round.
+    records = TaskRecord.objects.using(router.db_for_write(TaskRecord))
+    for _ in range(_CLAIM_ROUNDS):
+        record = (
+            records.filter(pk=payload.task_id)
+            .only("status", "started_at", "last_attempted_at", "worker_ids", "errors")
+            .first()
+        )
+        now = timezone.now()
+        if record is None:
+            claimed = _insert_running(payload, attempt, now)
+        else:
+            verdict = _verdict(record, now, deadline)
+            if verdict is not None:
+                return verdict
+            claimed = _update_running(records, record, attempt, now)
+        if claimed is not None:
+            return claimed
+    return StillRunning(payload.task_id, retry_after=1)
+
+
+async def aclaim(
+    payload: Payload, attempt: Attempt, deadline: timedelta
+) -> Claim | AlreadySucceeded | StillRunning:
+    # One thread hop for the whole exchange, rather than one per query with the async ORM.
+    return await sync_to_async(claim)(payload, attempt, deadline)
+
+
+def _verdict(
+    record: TaskRecord, now: datetime, deadline: timedelta
+) -> AlreadySucceeded | StillRunning | None:
+    if record.status == TaskResultStatus.SUCCESSFUL:
+        return AlreadySucceeded(record.id)
+    if record.status == TaskResultStatus.RUNNING and record.last_attempted_at is not None:
+        remaining = (record.last_attempted_at + deadline - now).total_seconds()
+        if remaining > 0:
+            return StillRunning(record.id, retry_after=math.ceil(remaining))
+    return None
+
+
+def _update_running(
+    records: QuerySet[TaskRecord], record: TaskRecord, attempt: Attempt, now: datetime
+) -> Claim | None:
+    claimed = Claim(
+        started_at=record.started_at or now,
+        attempted_at=now,
+        worker_ids=tuple(_worker_ids(attempt, record.worker_ids)),
+        errors=tuple(TaskError(**error) for error in record.errors),
+    )
+    updated = records.filter(
+        pk=record.pk, status=record.status, last_attempted_at=record.last_attempted_at
+    ).update(
+        status=TaskResultStatus.RUNNING,
+        started_at=claimed.started_at,
+        last_attempted_at=now,
+        finished_at=None,
+        return_value=None,
+        worker_ids=list(claimed.worker_ids),
+    )
+    return claimed if updated else None
+
+
+def _insert_running(payload: Payload, attempt: Attempt, now: datetime) -> Claim | None:
+    claimed = Claim(
+        started_at=now, attempted_at=now, worker_ids=tuple(_worker_ids(attempt)), errors=()
+    )
+    record = TaskRecord(
+        id=payload.task_id,
+        task_path=payload.task_path,
+        queue_name=payload.queue_name,
+        priority=payload.priority,
+        backend=payload.backend,
+        status=TaskResultStatus.RUNNING,
+        args=payload.args,
+        kwargs=payload.kwargs,
+        worker_ids=list(claimed.worker_ids),
+        enqueued_at=payload.enqueued_at,
+        started_at=now,
+        last_attempted_at=now,
+    )
+    database = router.db_for_write(TaskRecord)
+    try:
+        with transaction.atomic(using=database):
+            record.save(using=database, force_insert=True)
+    except IntegrityError:
+        return None
+    return claimed
+
+
+def _worker_ids(attempt: Attempt, recorded: Sequence[str] = ()) -> list[str]:
+    """One worker id per attempt, this one last; Cloud Tasks' count says how many there are.
+
+    The earlier places hold the workers the store ``recorded``, and ``UNKNOWN_WORKER`` for attempts
+    it never saw: deliveries refused as duplicates (Cloud Tasks counts those as retries too), a row
+    pruned or a store switched on in between. If the store saw more than Cloud Tasks counts (a
+    request replayed by hand), the surplus goes, so that ``context.attempt`` stays
+    X-CloudTasks-TaskRetryCount + 1, the number that Cloud Tasks' retry limits are about.
+    """
+    earlier = list(recorded[: attempt.number - 1])
+    earlier += [UNKNOWN_WORKER] * (attempt.number - 1 - len(earlier))
+    return [*earlier, worker_id()]
+
+
+def record_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
+    """Write the outcome of the attempt that ``claimed`` the task: one statement.
+
+    An attempt that overran its dispatch deadline may have been claimed over by a retry; the
+    row is the retry's then, and this late outcome is only logged. So is a failed write: the
+    task has run, and answering Cloud Tasks with an error would only make it run again.
+    """
+    succeeded = result.status == TaskResultStatus.SUCCESSFUL
+    try:
+        updated = TaskRecord.objects.filter(
+            pk=result.id, last_attempted_at=claimed.attempted_at
+        ).update(
+            status=result.status,
+            finished_at=result.finished_at,
+            return_value=result.return_value if succeeded else None,
+            errors=[
+                {"exception_class_path": e.exception_class_path, "traceback": e.traceback}
+                for e in result.errors
+            ],
+        )
+    except DatabaseError:
+        logger.exception(
+            "Task %s finished (%s) but its outcome could not be stored.", result.id, result.status
+        )
+        return
+    if not updated:
+        logger.warning(
+            "Task %s finished (%s) after a later attempt claimed it; its outcome is not stored.",
+            result.id,
+            result.status,
+        )
+
+
+async def arecord_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
+    await sync_to_async(record_finished)(result, claimed)
+
+
+def get_result(backend: str, result_id: str) -> TaskResult[..., Any]:
+    try:
+        record = TaskRecord.objects.get(pk=result_id, backend=backend)
+    except TaskRecord.DoesNotExist:
+        raise _does_not_exist(backend, result_id) from None
+    return record.to_task_result()
+
+
+async def aget_result(backend: str, result_id: str) -> TaskResult[..., Any]:
+    try:
+        record = await TaskRecord.objects.aget(pk=result_id, backend=backend)
+    except TaskRecord.DoesNotExist:
+        raise _does_not_exist(backend, result_id) from None
+    return record.to_task_result()
+
+
+def _does_not_exist(backend: str, result_id: str) -> TaskResultDoesNotExist:
+    return TaskResultDoesNotExist(
+        f"No result {result_id!r} in the result store of TASKS[{backend!r}]: it was never "
+        "enqueued with STORE_RESULTS on, or it has been pruned."
+    )
