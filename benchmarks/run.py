@@ -214,9 +214,9 @@ def post_rate(port: int, path: str, headers: dict[str, str], count: int) -> floa
         for body in share:
             connection.request("POST", path, body, headers)
             response = connection.getresponse()
-            response.read()
+            answer = response.read()
             if response.status != 200:
-                raise RuntimeError(f"{path} answered {response.status}")
+                raise RuntimeError(f"{path} answered {response.status}: {answer[:300]!r}")
         connection.close()
 
     started = time.perf_counter()

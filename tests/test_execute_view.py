@@ -188,3 +188,19 @@ def test_a_backend_of_another_type_gets_400(cloud_tasks: CloudTasks) -> None:
 
     assert response.status_code == 400
     assert recorder.calls == []
+
+
+def test_first_deliveries_racing_the_import_of_a_task_module_all_run(
+    cloud_tasks: CloudTasks,
+) -> None:
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert "tests.slow_import_tasks" not in sys.modules
+    document = body(task_path="tests.slow_import_tasks.imported_slowly", args=[1])
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda _: post(cloud_tasks, document).status_code, range(4)))
+
+    assert statuses == [200] * 4
+    assert len(recorder.named("imported_slowly")) == 4

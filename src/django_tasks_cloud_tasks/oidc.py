@@ -8,6 +8,7 @@ caller: Google's, or the local emulator's only while the backend itself talks to
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -143,8 +144,7 @@ def verify(token: str, issuer: Issuer) -> Mapping[str, Any]:
     The audience and identity are the caller's to check: they depend on which backend is asked.
     """
     try:
-        header = google.auth.jwt.decode_header(token)
-        keys = certificates.keys(issuer.certs_url, header.get("kid"))
+        keys = certificates.keys(issuer.certs_url, _key_id(token))
         claims: Mapping[str, Any] = google.auth.jwt.decode(
             token, certs=keys, verify=True, clock_skew_in_seconds=CLOCK_SKEW_SECONDS
         )
@@ -157,6 +157,22 @@ def verify(token: str, issuer: Issuer) -> Mapping[str, Any]:
     if claims.get("iss") not in issuer.names:
         raise InvalidToken(f"issuer {str(claims.get('iss'))[:100]!r} is not trusted")
     return claims
+
+
+def _key_id(token: str) -> str | None:
+    """The ``kid`` of the token's header, read without decoding the rest of the token.
+
+    Only the certificate cache uses it, to notice a rotated key; ``jwt.decode`` reads the header
+    again for itself. (google-auth's ``decode_header`` would decode the whole token, a quarter of
+    the cost of verifying it.)
+    """
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except ValueError:
+        return None
+    key_id = header.get("kid") if isinstance(header, dict) else None
+    return key_id if isinstance(key_id, str) else None
 
 
 def _reason(exc: Exception, token: str) -> str:

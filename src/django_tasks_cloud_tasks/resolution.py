@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from importlib import import_module
+from types import ModuleType
 from typing import Any
 
 from django.apps import apps
@@ -21,15 +22,19 @@ from django.tasks import Task
 def resolve_task(task_path: str) -> Task[..., Any] | None:
     """The Task at ``task_path`` (``package.module.name``), or None."""
     module_name, _, name = task_path.rpartition(".")
-    module = sys.modules.get(module_name)
-    if module is None:
-        if not _in_installed_app(module_name):
-            return None
+    if _in_installed_app(module_name):
+        # import_module, even when the module is in sys.modules: it waits while another thread is
+        # still running the module's body, where a sys.modules lookup would see it half-made.
         try:
             module = import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name is None or not _is_same_or_parent(exc.name, module_name):
                 raise  # The task module exists but imports something missing: a real bug.
+            return None
+    else:
+        module = sys.modules.get(module_name)
+        # sys.modules may hold other objects; their attributes could run code.
+        if not isinstance(module, ModuleType):
             return None
     candidate = vars(module).get(name)
     return candidate if isinstance(candidate, Task) else None
