@@ -32,10 +32,11 @@ def resolve_task(task_path: str) -> Task[..., Any] | None:
                 raise  # The task module exists but imports something missing: a real bug.
             return None
     else:
-        module = sys.modules.get(module_name)
+        imported = sys.modules.get(module_name)
         # sys.modules may hold other objects; their attributes could run code.
-        if not isinstance(module, ModuleType):
+        if not isinstance(imported, ModuleType):
             return None
+        module = imported
     candidate = vars(module).get(name)
     return candidate if isinstance(candidate, Task) else None
 
