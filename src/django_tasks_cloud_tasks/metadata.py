@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from typing import TYPE_CHECKING
 
-import google.auth.exceptions
-import google.auth.transport.requests
-from google.auth.compute_engine import _metadata
+if TYPE_CHECKING:
+    import google.auth.transport.requests
 
 DEFAULT_HOST = "metadata.google.internal"
 # A real metadata server answers in about a millisecond.
@@ -32,11 +32,17 @@ def metadata_host() -> str:
 
 @cache
 def _request() -> google.auth.transport.requests.Request:
+    import google.auth.transport.requests
+
     return google.auth.transport.requests.Request()
 
 
 def read(path: str) -> str:
     """Return the metadata value at ``path``, e.g. ``project/project-id``."""
+    # Imported here: most configurations never ask, and these cost ~0.1 s at Django start-up.
+    import google.auth.exceptions
+    from google.auth.compute_engine import _metadata
+
     root = f"http://{metadata_host()}/computeMetadata/v1/"
     try:
         value = _metadata.get(_request(), path, root=root, retry_count=1, timeout=TIMEOUT_SECONDS)

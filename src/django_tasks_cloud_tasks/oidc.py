@@ -16,11 +16,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import google.auth.exceptions
-import google.auth.jwt
-import google.auth.transport.requests
+if TYPE_CHECKING:
+    import google.auth.transport.requests
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
@@ -111,6 +110,8 @@ class CertificateCache:
         return key_id not in entry.keys and now - entry.fetched_at >= MIN_REFETCH_SECONDS
 
     def _fetch(self, url: str) -> _Certificates:
+        import google.auth.exceptions
+
         self.fetches += 1
         try:
             response = _transport()(url=url, method="GET", timeout=5)
@@ -135,6 +136,8 @@ certificates = CertificateCache()
 
 @cache
 def _transport() -> google.auth.transport.requests.Request:
+    import google.auth.transport.requests
+
     return google.auth.transport.requests.Request()
 
 
@@ -143,6 +146,10 @@ def verify(token: str, issuer: Issuer) -> Mapping[str, Any]:
 
     The audience and identity are the caller's to check: they depend on which backend is asked.
     """
+    # Imported on first use: google-auth's JWT and HTTP modules take ~0.1 s to import, which a
+    # service that verifies no tokens should not pay on its first request.
+    import google.auth.jwt
+
     try:
         keys = certificates.keys(issuer.certs_url, _key_id(token))
         claims: Mapping[str, Any] = google.auth.jwt.decode(
