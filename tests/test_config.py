@@ -12,19 +12,9 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from django_tasks_cloud_tasks import CloudTasksBackend
-from django_tasks_cloud_tasks.config import CloudTasksConfig
+from django_tasks_cloud_tasks.config import ENVIRONMENT_VARIABLES, CloudTasksConfig
 
-GCP_VARIABLES = (
-    "GOOGLE_CLOUD_PROJECT",
-    "CLOUD_TASKS_LOCATION",
-    "CLOUD_RUN_REGION",
-    "SERVICE_URL",
-    "K_SERVICE",
-    "GAE_SERVICE",
-    "GAE_APPLICATION",
-    "CLOUD_TASKS_EMULATOR_HOST",
-    "GCE_METADATA_HOST",
-)
+GCP_VARIABLES = (*ENVIRONMENT_VARIABLES, "GCE_METADATA_ROOT")
 
 
 class MetadataServer(ThreadingHTTPServer):

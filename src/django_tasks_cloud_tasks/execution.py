@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -93,38 +95,35 @@ def start(
 
 def run(sender: type, result: TaskResult[..., Any]) -> TaskResult[..., Any]:
     """Call the task function in this thread; async functions get an event loop of their own."""
-    task = result.task
-    try:
-        if task.takes_context:
-            value = task.call(TaskContext(task_result=result), *result.args, **result.kwargs)
-        else:
-            value = task.call(*result.args, **result.kwargs)
-        _succeeded(result, value)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
-        _failed(sender, result, exc)
-    else:
-        task_finished.send(sender=sender, task_result=result)
+    with _recording(sender, result):
+        _succeeded(result, result.task.call(*_arguments(result), **result.kwargs))
     return result
 
 
 async def arun(sender: type, result: TaskResult[..., Any]) -> TaskResult[..., Any]:
     """Await an async task function natively; a sync one runs in a thread (``Task.acall``)."""
-    task = result.task
+    with _recording(sender, result):
+        _succeeded(result, await result.task.acall(*_arguments(result), **result.kwargs))
+    return result
+
+
+def _arguments(result: TaskResult[..., Any]) -> list[Any]:
+    if result.task.takes_context:
+        return [TaskContext(task_result=result), *result.args]
+    return result.args
+
+
+@contextmanager
+def _recording(sender: type, result: TaskResult[..., Any]) -> Iterator[None]:
+    """Record how the task call in the block ended, and announce it; only Ctrl-C escapes."""
     try:
-        if task.takes_context:
-            value = await task.acall(TaskContext(task_result=result), *result.args, **result.kwargs)
-        else:
-            value = await task.acall(*result.args, **result.kwargs)
-        _succeeded(result, value)
+        yield
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
         _failed(sender, result, exc)
     else:
         task_finished.send(sender=sender, task_result=result)
-    return result
 
 
 def _succeeded(result: TaskResult[..., Any], value: Any) -> None:
