@@ -87,7 +87,6 @@ class CertificateCache:
     def __init__(self) -> None:
         self._entries: dict[str, _Certificates] = {}
         self._lock = threading.Lock()
-        self.fetches = 0
 
     def keys(self, url: str, key_id: str | None) -> Mapping[str, str]:
         entry = self._entries.get(url)
@@ -112,7 +111,6 @@ class CertificateCache:
     def _fetch(self, url: str) -> _Certificates:
         import google.auth.exceptions
 
-        self.fetches += 1
         try:
             response = _transport()(url=url, method="GET", timeout=5)
         except google.auth.exceptions.TransportError as exc:
