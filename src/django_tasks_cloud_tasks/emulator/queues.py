@@ -43,7 +43,9 @@ def configure(queue: tasks_v2.Queue) -> QueueSettings:
     Proto3 cannot tell an unset number from 0, so 0 means "the default", as in the real API.
     Mutates ``queue``.
     """
-    if "http_target" in queue or "app_engine_routing_override" in queue:
+    # Clients before google-cloud-tasks 2.25 have no http_target field at all.
+    routing = ("http_target", "app_engine_routing_override")
+    if any(field in type(queue).meta.fields and field in queue for field in routing):
         raise MethodNotImplemented("The emulator does not support queue-level routing.")
     # Sub-message wrappers write through to ``queue``.
     rates = queue.rate_limits
