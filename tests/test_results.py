@@ -30,6 +30,7 @@ from django_tasks_cloud_tasks.models import TaskRecord
 from tests import tasks
 from tests.conftest import CloudTasks
 from tests.tasks import recorder
+from tests.test_execute_view import body as execute_view_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,18 +42,9 @@ def stored(cloud_tasks: CloudTasks) -> CloudTasks:
 
 
 def body(task_id: str, task_path: str = "tests.tasks.add", **fields: Any) -> dict[str, Any]:
-    document = {
-        "task_id": task_id,
-        "task_path": task_path,
-        "args": [2, 3],
-        "kwargs": {},
-        "queue_name": "default",
-        "backend": "default",
-        "priority": 0,
-        "takes_context": False,
-        "enqueued_at": "2024-01-01T00:00:00+00:00",
-    }
-    return document | fields
+    return execute_view_body(
+        **{"args": [2, 3], **fields, "task_id": task_id, "task_path": task_path}
+    )
 
 
 def deliver(

@@ -267,7 +267,7 @@ class _Resolver:
                 raise self.error(
                     f"OIDC_SERVICE_ACCOUNT_EMAIL {email!r} is not a service account email."
                 )
-            return email  # type: ignore[no-any-return]
+            return str(email) if email else None
         # On Cloud Run and App Engine the runtime service account signs tokens for its own tasks.
         # Locally (emulator) nothing is guessed: a developer's tasks carry no token unless asked.
         on_google_cloud = any(self.env.get(v) for v in ("K_SERVICE", "GAE_SERVICE"))
