@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 import uvicorn
+from asgiref.sync import sync_to_async
+from django.db import connections
 
 from django_tasks_cloud_tasks.emulator import Emulator
 from tests.tasks import recorder
@@ -16,6 +19,17 @@ from tests.tasks import recorder
 PROJECT = "test-project"
 LOCATION = "us-central1"
 QUEUES = ("default", "high-priority", "urgent")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def close_async_tests_connections(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Close what async tests opened in asgiref's thread, before the test database is dropped.
+
+    That thread outlives the tests, and PostgreSQL cannot drop a database still in use.
+    """
+    yield
+    with django_db_blocker.unblock():
+        asyncio.run(sync_to_async(connections.close_all)())
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Settings for the test suite; each test configures TASKS for the emulator it runs against."""
 
 import atexit
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,6 +50,16 @@ DATABASES = {
         "TEST": {"NAME": str(_DATABASE_DIR / "test.sqlite3")},
     }
 }
+# Cloud SQL runs PostgreSQL: with TEST_POSTGRES_HOST set, the suite runs against that server.
+if os.environ.get("TEST_POSTGRES_HOST"):
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": os.environ["TEST_POSTGRES_HOST"],
+        "PORT": os.environ.get("TEST_POSTGRES_PORT", "5432"),
+        "USER": os.environ.get("TEST_POSTGRES_USER", "postgres"),
+        "PASSWORD": os.environ.get("TEST_POSTGRES_PASSWORD", ""),
+        "NAME": "django_tasks_cloud_tasks",
+    }
 TASKS = {
     "default": {
         "BACKEND": "django_tasks_cloud_tasks.CloudTasksBackend",

@@ -210,9 +210,28 @@ def test_an_execution_writes_twice_once_claimed_and_once_finished(stored: CloudT
 
     assert response.status_code == 200
     assert [sql.split()[0] for sql in writes(queries)] == ["UPDATE", "UPDATE"]
-    assert len(queries.captured_queries) == 3  # The claim reads the row first.
+    assert len(queries.captured_queries) == 2  # A READY row is claimed without reading it.
     result.refresh()
     assert result.status == TaskResultStatus.SUCCESSFUL
+
+
+def test_a_duplicate_delivery_tries_the_claim_then_reads_and_changes_nothing(
+    stored: CloudTasks,
+) -> None:
+    result = tasks.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(2, 3)
+    Client().post("/cloudtasks/execute/", body(result.id), content_type="application/json")
+    finished = TaskRecord.objects.get(pk=result.id)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = Client().post(
+            "/cloudtasks/execute/", body(result.id), content_type="application/json"
+        )
+
+    assert response.json()["duplicate"] is True
+    # The claim of a READY row matches nothing; the row read shows the task succeeded.
+    assert [query["sql"].split()[0] for query in queries.captured_queries] == ["UPDATE", "SELECT"]
+    assert TaskRecord.objects.get(pk=result.id).last_attempted_at == finished.last_attempted_at
+    assert len(recorder.calls) == 1
 
 
 def test_a_delivery_for_a_row_never_written_creates_it(stored: CloudTasks) -> None:
@@ -248,21 +267,22 @@ def test_an_enqueue_written_after_its_delivery_keeps_the_delivered_state(
     )
 
 
-@pytest.mark.parametrize("upsert", [True, False], ids=["upsert", "insert-or-update"])
 def test_the_enqueue_write_adds_only_the_cloud_task_name_to_a_delivered_row(
-    stored: CloudTasks, monkeypatch: pytest.MonkeyPatch, upsert: bool
+    stored: CloudTasks,
 ) -> None:
-    # Databases without INSERT ... ON CONFLICT (Oracle) take the insert-or-update path.
-    monkeypatch.setattr(connection.features, "supports_update_conflicts", upsert)
     deliver(stored, body("delivered"))
     delivered = tasks.add.get_result("delivered")
 
-    store.record_enqueued(delivered, "projects/p/locations/l/queues/default/tasks/1")
+    with transaction.atomic():
+        store.record_enqueued(delivered, "projects/p/locations/l/queues/default/tasks/1")
+        # The conflicting INSERT is contained: the caller's transaction goes on.
+        User.objects.create(username="after-the-conflict")
 
     record = TaskRecord.objects.get(pk="delivered")
     assert record.status == TaskResultStatus.SUCCESSFUL
     assert record.return_value == 5
     assert record.cloud_task_name == "projects/p/locations/l/queues/default/tasks/1"
+    assert User.objects.filter(username="after-the-conflict").exists()
 
 
 def test_a_delivery_before_the_enqueuing_transaction_commits_waits_for_it(

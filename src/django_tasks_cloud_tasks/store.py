@@ -1,14 +1,14 @@
 """The optional result store (``STORE_RESULTS``): one ``TaskRecord`` row per task result.
 
 Cloud Tasks keeps no results, so with the store on the backend writes a READY row when it enqueues
-(one upsert), and each delivery claims the row before it runs the task and records the outcome
+(one INSERT), and each delivery claims the row before it runs the task and records the outcome
 after (two conditional UPDATEs). Claiming is what makes at-least-once delivery safe: a delivery of
 a task that already succeeded is acknowledged without running it again, and one that arrives while
 another attempt is still running (within its dispatch deadline) is told to come back later.
 
 The row can be missing when a delivery arrives: the enqueuing transaction has not committed yet,
 or the enqueue's write comes after the task ran. The delivery then inserts the row itself, and the
-enqueue's upsert only adds the Cloud Tasks task name to it.
+enqueue's write only adds the Cloud Tasks task name to it.
 
 Only the backend and the view import this module, and only with the store on: it imports the
 models, which need a ready app registry and a database.
@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, router, transaction
 from django.db.models import QuerySet
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.base import TaskError
@@ -34,12 +34,27 @@ from django.utils import timezone
 from .execution import UNKNOWN_WORKER, Attempt, Claim, worker_id
 from .models import TaskRecord
 from .payload import Payload
+from .statements import Insert, Update
 
 logger = logging.getLogger(__name__)
 
 # A claim that keeps losing races (each loss means another delivery changed the row) gives up
 # after this many rounds and answers as if the task were running; Cloud Tasks retries it.
 _CLAIM_ROUNDS = 3
+
+# The writes of a usual task, prebuilt (see statements.py): the row written at enqueue, the claim
+# of a row that is still READY, and the outcome of the attempt that claimed it.
+_INSERT = Insert(TaskRecord)
+_CLAIM_READY = Update(
+    TaskRecord,
+    fields=["status", "started_at", "last_attempted_at", "worker_ids"],
+    where=["id", "status"],
+)
+_RECORD_OUTCOME = Update(
+    TaskRecord,
+    fields=["status", "finished_at", "return_value", "errors"],
+    where=["id", "last_attempted_at"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +73,7 @@ class StillRunning:
 
 
 def record_enqueued(result: TaskResult[..., Any], cloud_task_name: str) -> None:
-    """Write the READY row of a task just created in Cloud Tasks: one statement.
+    """Write the READY row of a task just created in Cloud Tasks: one INSERT.
 
     If a delivery already created the row, only the Cloud Tasks task name is added: the row
     holds the delivery's newer state.
@@ -77,20 +92,10 @@ def record_enqueued(result: TaskResult[..., Any], cloud_task_name: str) -> None:
         cloud_task_name=cloud_task_name,
     )
     database = router.db_for_write(TaskRecord)
-    features = connections[database].features
-    if features.supports_update_conflicts:
-        TaskRecord.objects.using(database).bulk_create(
-            [record],
-            update_conflicts=True,
-            update_fields=["cloud_task_name"],
-            # MySQL's ON DUPLICATE KEY UPDATE names no conflict target.
-            unique_fields=["id"] if features.supports_update_conflicts_with_target else None,
-        )
-        return
-    # Oracle: no upsert. The savepoint keeps a conflict from breaking the caller's transaction.
     try:
+        # The savepoint keeps a conflict from breaking the caller's transaction.
         with transaction.atomic(using=database):
-            record.save(using=database, force_insert=True)
+            _INSERT.execute(database, record)
     except IntegrityError:
         TaskRecord.objects.using(database).filter(pk=record.pk).update(
             cloud_task_name=cloud_task_name
@@ -106,7 +111,8 @@ def claim(
 ) -> Claim | AlreadySucceeded | StillRunning:
     """Mark the task RUNNING for this attempt, unless it succeeded or another attempt runs it.
 
-    Atomic without locks: the row is read, then updated only if it still has the status and
+    Atomic without locks. A READY row is claimed by an UPDATE that requires it to be READY still.
+    Any other row is read, then updated only if it still has the status and
     ``last_attempted_at`` that were read. Every claim sets a new ``last_attempted_at`` (and every
     outcome a new status), so of two concurrent deliveries exactly one UPDATE matches a row. A
     missing row is inserted; if a concurrent delivery or the enqueue's write inserted it first,
@@ -115,8 +121,12 @@ def claim(
     ``deadline`` is the dispatch deadline: Cloud Tasks has given up on a RUNNING attempt older
     than that (and is retrying it), so its task may be claimed again.
     """
+    database = router.db_for_write(TaskRecord)
+    claimed = _claim_ready(database, payload, attempt)
+    if claimed is not None:
+        return claimed
     # Read where the claim writes: a replica's stale row would only lose every round.
-    records = TaskRecord.objects.using(router.db_for_write(TaskRecord))
+    records = TaskRecord.objects.using(database)
     for _ in range(_CLAIM_ROUNDS):
         record = (
             records.filter(pk=payload.task_id)
@@ -141,6 +151,24 @@ async def aclaim(
 ) -> Claim | AlreadySucceeded | StillRunning:
     # One thread hop for the whole exchange, rather than one per query with the async ORM.
     return await sync_to_async(claim)(payload, attempt, deadline)
+
+
+def _claim_ready(database: str, payload: Payload, attempt: Attempt) -> Claim | None:
+    """Claim the row if it is still READY, as enqueued: one statement, and no history to read.
+
+    A READY row has never been claimed, so no attempt of its task ran. This is the path of
+    almost every first delivery; any other row is read first (``claim``).
+    """
+    now = timezone.now()
+    claimed = Claim(
+        started_at=now, attempted_at=now, worker_ids=tuple(_worker_ids(attempt)), errors=()
+    )
+    updated = _CLAIM_READY.execute(
+        database,
+        [TaskResultStatus.RUNNING, now, now, list(claimed.worker_ids)],
+        where=[payload.task_id, TaskResultStatus.READY],
+    )
+    return claimed if updated else None
 
 
 def _verdict(
@@ -198,7 +226,7 @@ def _insert_running(payload: Payload, attempt: Attempt, now: datetime) -> Claim 
     database = router.db_for_write(TaskRecord)
     try:
         with transaction.atomic(using=database):
-            record.save(using=database, force_insert=True)
+            _INSERT.execute(database, record)
     except IntegrityError:
         return None
     return claimed
@@ -226,17 +254,15 @@ def record_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
     task has run, and answering Cloud Tasks with an error would only make it run again.
     """
     succeeded = result.status == TaskResultStatus.SUCCESSFUL
+    errors = [
+        {"exception_class_path": e.exception_class_path, "traceback": e.traceback}
+        for e in result.errors
+    ]
     try:
-        updated = TaskRecord.objects.filter(
-            pk=result.id, last_attempted_at=claimed.attempted_at
-        ).update(
-            status=result.status,
-            finished_at=result.finished_at,
-            return_value=result.return_value if succeeded else None,
-            errors=[
-                {"exception_class_path": e.exception_class_path, "traceback": e.traceback}
-                for e in result.errors
-            ],
+        updated = _RECORD_OUTCOME.execute(
+            router.db_for_write(TaskRecord),
+            [result.status, result.finished_at, result.return_value if succeeded else None, errors],
+            where=[result.id, claimed.attempted_at],
         )
     except DatabaseError:
         logger.exception(
