@@ -14,59 +14,78 @@ any query.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import connections, models, transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
+
+# A field and its column's name. (Evaluated lazily: Field is generic only to type checkers.)
+type _Column = tuple[models.Field[Any, Any], str]
 
 
-class Insert:
-    """``INSERT INTO <table> (<every column>) VALUES (…)`` for one model instance."""
+class _Statement:
+    """A statement on one model's table, its text built once per database vendor."""
 
     def __init__(self, model: type[models.Model]) -> None:
         self._model = model
-        self._fields = [_column(model, field.name) for field in model._meta.local_concrete_fields]
-        self._sql: dict[str, str] = {}
+        self._text: dict[str, str] = {}  # Only the quoting differs between vendors.
+
+    def _execute(self, using: str, fields: Sequence[_Column], values: Sequence[Any]) -> int:
+        connection = connections[using]
+        params = [
+            field.get_db_prep_save(value, connection)
+            for (field, _), value in zip(fields, values, strict=True)
+        ]
+        sql = self._text.get(connection.vendor)
+        if sql is None:
+            sql = self._text[connection.vendor] = self._build(connection.ops.quote_name)
+        # Like the ORM: an error inside atomic() marks the transaction for rollback.
+        with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return int(cursor.rowcount)
+
+    def _build(self, quote: Callable[[str], str]) -> str:
+        raise NotImplementedError
+
+    def _column(self, name: str) -> _Column:
+        field = self._model._meta.get_field(name)
+        if not isinstance(field, models.Field) or field.column is None:
+            raise TypeError(f"{self._model.__name__}.{name} is not a column")
+        return field, field.column
+
+
+class Insert(_Statement):
+    """``INSERT INTO <table> (<every column>) VALUES (…)`` for one model instance."""
+
+    def __init__(self, model: type[models.Model]) -> None:
+        super().__init__(model)
+        self._fields = [self._column(field.name) for field in model._meta.local_concrete_fields]
 
     def execute(self, using: str, instance: models.Model) -> None:
         """Insert ``instance`` as a new row; IntegrityError if its primary key is taken."""
         if not isinstance(instance, self._model):
             raise TypeError(f"expected a {self._model.__name__}, not {type(instance).__name__}")
-        connection = connections[using]
         # What the ORM saves for a new row: pre_save() fills in defaults such as auto_now.
-        params = [
-            field.get_db_prep_save(field.pre_save(instance, add=True), connection)
-            for field, _ in self._fields
-        ]
-        with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
-            cursor.execute(self._statement(connection), params)
+        values = [field.pre_save(instance, add=True) for field, _ in self._fields]
+        self._execute(using, self._fields, values)
         instance._state.adding, instance._state.db = False, using
 
-    def _statement(self, connection: BaseDatabaseWrapper) -> str:
-        sql = self._sql.get(connection.vendor)
-        if sql is None:
-            quote = connection.ops.quote_name
-            columns = ", ".join(quote(column) for _, column in self._fields)
-            placeholders = ", ".join(["%s"] * len(self._fields))
-            table = quote(self._model._meta.db_table)
-            sql = self._sql[connection.vendor] = (
-                f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"  # noqa: S608
-            )
-        return sql
+    def _build(self, quote: Callable[[str], str]) -> str:
+        columns = ", ".join(quote(column) for _, column in self._fields)
+        placeholders = ", ".join(["%s"] * len(self._fields))
+        table = quote(self._model._meta.db_table)
+        return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"  # noqa: S608
 
 
-class Update:
+class Update(_Statement):
     """``UPDATE <table> SET <fields> = … WHERE <fields> = … AND …`` for one model."""
 
     def __init__(
         self, model: type[models.Model], fields: Sequence[str], where: Sequence[str]
     ) -> None:
-        self._table = model._meta.db_table
-        self._set = [_column(model, name) for name in fields]
-        self._where = [_column(model, name) for name in where]
-        self._fields = [field for field, _ in [*self._set, *self._where]]
-        self._sql: dict[str, str] = {}  # Per database vendor: only quoting differs.
+        super().__init__(model)
+        self._set = [self._column(name) for name in fields]
+        self._where = [self._column(name) for name in where]
 
     def execute(self, using: str, values: Sequence[Any], where: Sequence[Any]) -> int:
         """Set the fields to ``values`` in the rows that match ``where``; how many rows changed.
@@ -78,30 +97,10 @@ class Update:
             raise ValueError(f"expected {len(self._set)} values and {len(self._where)} conditions")
         if any(value is None for value in where):
             raise ValueError("a WHERE value of None would match no row")
-        connection = connections[using]
-        params = [
-            field.get_db_prep_save(value, connection)
-            for field, value in zip(self._fields, [*values, *where], strict=True)
-        ]
-        # Like QuerySet.update(): an error inside atomic() marks the transaction for rollback.
-        with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
-            cursor.execute(self._statement(connection), params)
-            return int(cursor.rowcount)
+        return self._execute(using, [*self._set, *self._where], [*values, *where])
 
-    def _statement(self, connection: BaseDatabaseWrapper) -> str:
-        sql = self._sql.get(connection.vendor)
-        if sql is None:
-            quote = connection.ops.quote_name
-            assignments = ", ".join(f"{quote(column)} = %s" for _, column in self._set)
-            conditions = " AND ".join(f"{quote(column)} = %s" for _, column in self._where)
-            sql = self._sql[connection.vendor] = (
-                f"UPDATE {quote(self._table)} SET {assignments} WHERE {conditions}"  # noqa: S608
-            )
-        return sql
-
-
-def _column(model: type[models.Model], name: str) -> tuple[models.Field[Any, Any], str]:
-    field = model._meta.get_field(name)
-    if not isinstance(field, models.Field) or field.column is None:
-        raise TypeError(f"{model.__name__}.{name} is not a column")
-    return field, field.column
+    def _build(self, quote: Callable[[str], str]) -> str:
+        assignments = ", ".join(f"{quote(column)} = %s" for _, column in self._set)
+        conditions = " AND ".join(f"{quote(column)} = %s" for _, column in self._where)
+        table = quote(self._model._meta.db_table)
+        return f"UPDATE {table} SET {assignments} WHERE {conditions}"  # noqa: S608
