@@ -92,11 +92,7 @@ def record_enqueued(result: TaskResult[..., Any], cloud_task_name: str) -> None:
         cloud_task_name=cloud_task_name,
     )
     database = router.db_for_write(TaskRecord)
-    try:
-        # The savepoint keeps a conflict from breaking the caller's transaction.
-        with transaction.atomic(using=database):
-            _INSERT.execute(database, record)
-    except IntegrityError:
+    if not _insert(database, record):
         TaskRecord.objects.using(database).filter(pk=record.pk).update(
             cloud_task_name=cloud_task_name
         )
@@ -223,13 +219,21 @@ def _insert_running(payload: Payload, attempt: Attempt, now: datetime) -> Claim 
         started_at=now,
         last_attempted_at=now,
     )
-    database = router.db_for_write(TaskRecord)
+    return claimed if _insert(router.db_for_write(TaskRecord), record) else None
+
+
+def _insert(database: str, record: TaskRecord) -> bool:
+    """INSERT the row, or return False if its id is taken; the caller's transaction goes on."""
     try:
-        with transaction.atomic(using=database):
+        if transaction.get_connection(database).in_atomic_block:
+            # PostgreSQL aborts a transaction at its first error: confine this one to a savepoint.
+            with transaction.atomic(using=database):
+                _INSERT.execute(database, record)
+        else:
             _INSERT.execute(database, record)
     except IntegrityError:
-        return None
-    return claimed
+        return False
+    return True
 
 
 def _worker_ids(attempt: Attempt, recorded: Sequence[str] = ()) -> list[str]:
