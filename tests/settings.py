@@ -50,7 +50,7 @@ DATABASES = {
         "TEST": {"NAME": str(_DATABASE_DIR / "test.sqlite3")},
     }
 }
-# Cloud SQL runs PostgreSQL: with TEST_POSTGRES_HOST set, the suite runs against that server.
+# Cloud SQL offers PostgreSQL: with TEST_POSTGRES_HOST set, the suite runs against that server.
 if os.environ.get("TEST_POSTGRES_HOST"):
     DATABASES["default"] = {
         "ENGINE": "django.db.backends.postgresql",
