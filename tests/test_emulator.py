@@ -21,6 +21,8 @@ import google.auth.transport.requests
 import grpc
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import (
@@ -794,8 +796,16 @@ def test_token_server_publishes_discovery_documents(em: Emulator) -> None:
     certs = requests.get(em.certs_url, timeout=5)
     assert certs.headers["Cache-Control"] == "public, max-age=3600"
     assert list(certs.json()) == [key["kid"]]
-    assert certs.json()[key["kid"]].startswith("-----BEGIN PUBLIC KEY-----")
+    certificate = x509.load_pem_x509_certificate(certs.json()[key["kid"]].encode())
+    public_key = certificate.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)
+    numbers = public_key.public_numbers()
+    assert (numbers.n, numbers.e) == (_base64url_int(key["n"]), _base64url_int(key["e"]))
     assert requests.get(f"{em.issuer}/nothing", timeout=5).status_code == 404
+
+
+def _base64url_int(value: str) -> int:
+    return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
 
 
 def test_oidc_config_is_discoverable_over_grpc(em: Emulator) -> None:

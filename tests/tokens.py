@@ -1,11 +1,13 @@
 """A locally generated signing key standing in for Google's, and a certificate server publishing it.
 
 Google's certificate endpoint cannot be reached here; this server serves the same document
-(``{key id: PEM}`` with a ``Cache-Control`` lifetime) and counts how often it is fetched.
+(``{key id: X.509 certificate PEM}`` with a ``Cache-Control`` lifetime) and counts how often it is
+fetched.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -16,6 +18,8 @@ import google.auth.crypt
 import google.auth.jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from django_tasks_cloud_tasks.emulator.tokens import certificate_pem
 
 SERVICE_ACCOUNT = "invoker@test-project.iam.gserviceaccount.com"
 
@@ -29,19 +33,28 @@ class SigningKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ).decode()
-        self.public_pem = (
-            private.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode()
-        )
+        self.certificate_pem = certificate_pem(private, common_name=key_id)
 
     def sign(self, claims: dict[str, Any], key_id: str | None = None) -> str:
         signer = google.auth.crypt.RSASigner.from_string(
             self.private_pem, key_id=key_id or self.key_id
         )
         return google.auth.jwt.encode(signer, claims).decode()
+
+    def sign_with_header(self, header: dict[str, Any], claims: dict[str, Any]) -> str:
+        """A token with exactly this header (no ``kid`` unless it says so), signed RS256."""
+        signer = google.auth.crypt.RSASigner.from_string(self.private_pem)
+        signed = f"{segment(header)}.{segment(claims)}"
+        return f"{signed}.{_base64url(signer.sign(signed))}"
+
+
+def segment(value: Any) -> str:
+    """A JWT segment: ``value`` as JSON, base64url-encoded without padding."""
+    return _base64url(json.dumps(value).encode())
+
+
+def _base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class CertificateServer(ThreadingHTTPServer):
@@ -50,6 +63,8 @@ class CertificateServer(ThreadingHTTPServer):
     def __init__(self, *keys: SigningKey) -> None:
         super().__init__(("127.0.0.1", 0), _CertificateHandler)
         self.keys = list(keys)
+        # Published as they are, with the keys' certificates, to see how verifiers cope with them.
+        self.extra_entries: dict[str, Any] = {}
         self.fetches = 0
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
@@ -70,7 +85,8 @@ class _CertificateHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.fetches += 1
-        body = json.dumps({key.key_id: key.public_pem for key in self.server.keys}).encode()
+        document = {key.key_id: key.certificate_pem for key in self.server.keys}
+        body = json.dumps({**document, **self.server.extra_entries}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Cache-Control", "public, max-age=3600")

@@ -1,8 +1,8 @@
 """OIDC ID tokens like those Cloud Tasks attaches, and the HTTP server publishing their keys.
 
-Each emulator signs with its own fresh RSA key. Its certificates document is the PEM form Google
-serves at ``/oauth2/v1/certs`` (``{kid: PEM}``), which
-``google.oauth2.id_token.verify_token(..., certs_url=...)`` accepts; the JWKS form would make
+Each emulator signs with its own fresh RSA key. Its certificates document has the form Google
+serves at ``/oauth2/v1/certs``: ``{kid: PEM}`` with a self-signed X.509 certificate of each key,
+which ``google.oauth2.id_token.verify_token(..., certs_url=...)`` accepts; the JWKS form would make
 google-auth switch to PyJWT, which ignores clock skew.
 """
 
@@ -13,14 +13,19 @@ import hashlib
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 
 TOKEN_LIFETIME = 3600
+# Google's certificates are valid for about two weeks; verifiers do not look at the dates.
+CERTIFICATE_LIFETIME = timedelta(days=14)
 _NUMERIC_ID_MODULUS = 10**21  # service-account unique ids are 21-digit numbers
 
 
@@ -35,9 +40,7 @@ class TokenSigner:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         self.kid = hashlib.sha256(der).hexdigest()[:16]
-        self.public_pem = public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        self.certificate_pem = certificate_pem(key, common_name=self.kid)
         self._public_numbers = public_key.public_numbers()
         private_pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -81,7 +84,7 @@ class TokenSigner:
             "subject_types_supported": ["public"],
         }
         return {
-            "/certs": json.dumps({self.kid: self.public_pem}).encode(),
+            "/certs": json.dumps({self.kid: self.certificate_pem}).encode(),
             "/jwks": json.dumps({"keys": [jwk]}).encode(),
             "/.well-known/openid-configuration": json.dumps(discovery).encode(),
         }
@@ -141,6 +144,23 @@ class _DocumentHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: certificate fetches are routine."""
+
+
+def certificate_pem(key: rsa.RSAPrivateKey, *, common_name: str) -> str:
+    """A self-signed X.509 certificate of ``key``, the form in which Google publishes its keys."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + CERTIFICATE_LIFETIME)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _base64url_uint(value: int) -> str:
