@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +16,7 @@ from tests import tasks
 from tests.conftest import CloudTasks, backend_settings
 from tests.tasks import recorder
 from tests.test_execute_view import body, post
-from tests.tokens import SERVICE_ACCOUNT, CertificateServer, SigningKey, google_claims
+from tests.tokens import SERVICE_ACCOUNT, CertificateServer, SigningKey, google_claims, segment
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,23 @@ def forged(key: SigningKey, audience: str, case: str) -> dict[str, str]:
         return bearer(key.sign(google_claims(audience, exp=None)))
     if case == "wrong-issuer":
         return bearer(key.sign(google_claims(audience, iss="https://evil.example.com")))
+    if case == "issuer-not-a-string":
+        return bearer(key.sign(google_claims(audience, iss=["https://accounts.google.com"])))
+    if case == "expiry-not-a-number":
+        return bearer(key.sign(google_claims(audience, exp=str(now + 3600))))
+    if case == "expiry-infinite":
+        return bearer(key.sign(google_claims(audience, exp=float("inf"))))
+    if case == "no-key-id":
+        return bearer(key.sign_with_header({"alg": "RS256", "typ": "JWT"}, google_claims(audience)))
+    if case == "algorithm-none":
+        header = {"alg": "none", "kid": key.key_id, "typ": "JWT"}
+        return bearer(f"{segment(header)}.{segment(google_claims(audience))}.")
+    if case == "algorithm-hs256-keyed-with-the-certificate":
+        # The key-confusion forgery: an HMAC whose secret is the public certificate.
+        header = {"alg": "HS256", "kid": key.key_id, "typ": "JWT"}
+        signed = f"{segment(header)}.{segment(google_claims(audience))}"
+        mac = hmac.digest(key.certificate_pem.encode(), signed.encode(), "sha256")
+        return bearer(f"{signed}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}")
     if case == "tampered":
         header, _payload, signature = key.sign(google_claims(audience)).split(".")
         other = key.sign(google_claims(audience, email="attacker@evil.example.com"))
@@ -105,6 +124,12 @@ def forged(key: SigningKey, audience: str, case: str) -> dict[str, str]:
         ("not-yet-valid", 401),
         ("no-expiry", 401),
         ("wrong-issuer", 401),
+        ("issuer-not-a-string", 401),
+        ("expiry-not-a-number", 401),
+        ("expiry-infinite", 401),
+        ("no-key-id", 401),
+        ("algorithm-none", 401),
+        ("algorithm-hs256-keyed-with-the-certificate", 401),
         ("tampered", 401),
         ("wrong-audience", 403),
         ("wrong-email", 403),
@@ -174,6 +199,37 @@ def test_made_up_key_ids_do_not_make_every_request_fetch(
         assert post(guarded, body(), headers=bearer(token)).status_code == 401
 
     assert google.fetches == 1
+
+
+def test_unreachable_certificates_answer_503_and_nothing_runs(
+    guarded: CloudTasks, google_key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = CertificateServer(google_key)
+    closed.close()  # Its port now refuses connections.
+    monkeypatch.setattr(oidc, "GOOGLE_CERTS_URL", closed.url)
+    oidc.certificates.clear()
+
+    response = post(
+        guarded, body(), headers=bearer(google_key.sign(google_claims(guarded.handler_host)))
+    )
+
+    assert response.status_code == 503
+    assert "cannot be verified now" in response.json()["reason"]
+    assert recorder.calls == []
+
+
+def test_a_published_key_that_is_not_a_certificate_answers_503_and_nothing_runs(
+    guarded: CloudTasks, google: CertificateServer, google_key: SigningKey
+) -> None:
+    google.extra_entries["broken-key"] = "-----BEGIN CERTIFICATE-----\nnot base64\n"
+
+    response = post(
+        guarded, body(), headers=bearer(google_key.sign(google_claims(guarded.handler_host)))
+    )
+
+    assert response.status_code == 503
+    assert "'broken-key', which is not an RSA certificate" in response.json()["reason"]
+    assert recorder.calls == []
 
 
 def test_a_token_is_accepted_only_for_the_backend_whose_identity_it_carries(
