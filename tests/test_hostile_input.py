@@ -1,21 +1,37 @@
-"""Thousands of generated requests: no 5xx, no crash, nothing run that is not a Task."""
+"""Thousands of generated requests and tokens: no 5xx, no crash, nothing run that is not a Task,
+no token accepted that google-auth would refuse."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import string
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import google.auth.jwt
 import pytest
 from django.test import Client
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from django_tasks_cloud_tasks import oidc
 from tests.conftest import backend_settings
 from tests.tasks import recorder
-from tests.tokens import SERVICE_ACCOUNT, CertificateServer, SigningKey
+from tests.tokens import (
+    SERVICE_ACCOUNT,
+    CertificateServer,
+    SigningKey,
+    google_claims,
+    segment,
+)
+
+# The local "Google" publishes this key, so tokens it signs pass the signature check and
+# their claims, however hostile, reach the checks after it.
+FUZZ_KEY = SigningKey("fuzz-key")
 
 TASK_PATHS = [
     "tests.tasks.accepts_anything",
@@ -66,12 +82,42 @@ documents = st.fixed_dictionaries({}, optional=plausible_fields).map(
 )
 bodies = documents | st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode())
 header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+CLAIM_NAMES = ["iss", "aud", "email", "email_verified", "iat", "exp"]
+now = st.builds(lambda skew: int(time.time()) + skew, st.integers(-7200, 7200))
+# Valid claims with a few of them changed or removed: mostly near-misses of a good token.
+claims = st.builds(
+    lambda valid, changed, removed: {
+        name: value for name, value in {**valid, **changed}.items() if name not in removed
+    },
+    st.builds(google_claims, st.just("http://testserver")),
+    st.dictionaries(st.sampled_from(CLAIM_NAMES), now | json_values, max_size=2),
+    st.sets(st.sampled_from(CLAIM_NAMES), max_size=1),
+)
+jwt_headers = st.fixed_dictionaries(
+    {},
+    optional={
+        "alg": st.sampled_from(["RS256", "none", "HS256", "ES256"]) | json_values,
+        "kid": st.just(FUZZ_KEY.key_id) | json_values,
+    },
+)
+base64url_text = st.text(string.ascii_letters + string.digits + "-_=", max_size=40)
+# Three segments of generated JSON with a made-up signature, or a few base64url segments.
+unsigned_tokens = st.builds(
+    lambda header, payload, signature: f"{segment(header)}.{segment(payload)}.{signature}",
+    jwt_headers | json_values,
+    claims | json_values,
+    base64url_text,
+) | st.lists(base64url_text, max_size=5).map(".".join)
+# Well-formed tokens signed with the published key, carrying generated claims.
+signed_tokens = claims.map(FUZZ_KEY.sign)
 headers = st.fixed_dictionaries(
     {},
     optional={
         "HTTP_X_CLOUDTASKS_TASKRETRYCOUNT": header_text | st.sampled_from(["0", "3"]),
         "HTTP_X_CLOUDTASKS_TASKNAME": header_text,
-        "HTTP_AUTHORIZATION": header_text | header_text.map(lambda t: f"Bearer {t}"),
+        "HTTP_AUTHORIZATION": header_text
+        | header_text.map(lambda t: f"Bearer {t}")
+        | unsigned_tokens.map(lambda t: f"Bearer {t}"),
         "CONTENT_TYPE": st.sampled_from(["application/json", "text/plain", "", "multipart/x"]),
     },
 )
@@ -91,7 +137,7 @@ class _ErrorCounter(logging.Handler):
 def view_client(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The view with an open backend and one that requires tokens (from a local "Google")."""
     monkeypatch.delenv("CLOUD_TASKS_EMULATOR_HOST", raising=False)
-    google = CertificateServer(SigningKey("fuzz-key"))
+    google = CertificateServer(FUZZ_KEY)
     monkeypatch.setattr(oidc, "GOOGLE_CERTS_URL", google.url)
     settings.TASKS = {
         "default": backend_settings("http://testserver", ALLOW_UNAUTHENTICATED=True),
@@ -131,3 +177,36 @@ def test_generated_requests_never_crash_or_run_a_non_task(
         assert [call.name for call in new_calls] == ["accepts_anything"]
     else:
         assert new_calls == []
+
+
+@pytest.fixture(scope="module")
+def google_certificates() -> Iterator[None]:
+    google = CertificateServer(FUZZ_KEY)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(oidc, "GOOGLE_CERTS_URL", google.url)
+        oidc.certificates.clear()
+        yield
+    oidc.certificates.clear()
+    google.close()
+
+
+@settings(max_examples=1_000, deadline=None)
+@given(token=signed_tokens | unsigned_tokens)
+def test_a_generated_token_is_accepted_only_if_google_auth_accepts_it_too(
+    google_certificates: None, token: str
+) -> None:
+    try:
+        claims = oidc.verify(token, oidc.google_issuer())
+    except oidc.InvalidToken as refusal:
+        # Counted by kind (the reason up to the first value it quotes) in Hypothesis' statistics.
+        event(f"refused: {re.sub('[^a-z ].*', '', str(refusal)).strip()}")
+        return
+    event("accepted")
+    # google-auth's own decoder is the reference: nothing it refuses may get through.
+    reference = google.auth.jwt.decode(
+        token,
+        certs={FUZZ_KEY.key_id: FUZZ_KEY.certificate_pem},
+        clock_skew_in_seconds=oidc.CLOCK_SKEW_SECONDS,
+    )
+    assert claims == reference
+    assert claims["iss"] in oidc.GOOGLE_ISSUERS
