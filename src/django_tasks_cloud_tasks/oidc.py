@@ -115,6 +115,8 @@ class CertificateCache:
         return key_id not in entry.verifiers and now - entry.fetched_at >= MIN_REFETCH_SECONDS
 
     def _fetch(self, url: str) -> _Keys:
+        # Imported on first use: google-auth's crypt and HTTP modules take about 0.1 s to import,
+        # which a service that verifies no tokens should not pay on its first request.
         import google.auth.crypt
         import google.auth.exceptions
 
