@@ -7,12 +7,14 @@ and the page's live list. Without Chromium the test is skipped, unless REQUIRE_B
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -249,6 +251,19 @@ def _wait_for_row(
         return _wait_until(matching, what, TASK_TIMEOUT, app)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nlast shown: {_row(driver, task_id)}") from None
+
+
+def test_the_demo_refuses_a_delivery_without_an_id_token(demo_app: DemoApp) -> None:
+    request = urllib.request.Request(
+        f"{demo_app.url}/cloudtasks/execute/",
+        data=b'{"task_id": "forged", "task_path": "demo.tasks.add_numbers", "args": [1, 2]}',
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+
+    assert refused.value.code == 401
+    assert "Bearer" in json.loads(refused.value.read())["reason"]
 
 
 def test_adding_numbers_succeeds_with_the_sum(page: WebDriver, demo_app: DemoApp) -> None:

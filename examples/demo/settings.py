@@ -62,6 +62,9 @@ TASKS = {
             "CLOUD_TASKS_PROJECT": os.environ.get("GOOGLE_CLOUD_PROJECT", "demo-project"),
             "CLOUD_TASKS_LOCATION": os.environ.get("CLOUD_TASKS_LOCATION", "us-central1"),
             "TASK_HANDLER_HOST": os.environ.get("SERVICE_URL", "http://127.0.0.1:8000"),
+            # As in production: each task carries an ID token for this service account, which the
+            # emulator signs and the execute view verifies (requests without one get 401).
+            "OIDC_SERVICE_ACCOUNT_EMAIL": "tasks-invoker@demo-project.iam.gserviceaccount.com",
             "STORE_RESULTS": True,
         },
     }
