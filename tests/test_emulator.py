@@ -32,6 +32,7 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import (
 from google.oauth2 import id_token
 from google.rpc import code_pb2
 
+from django_tasks_cloud_tasks import oidc
 from django_tasks_cloud_tasks.emulator import OIDC_CONFIG_METHOD, Emulator
 
 PROJECT = "demo-project"
@@ -812,6 +813,25 @@ def test_oidc_config_is_discoverable_over_grpc(em: Emulator) -> None:
     with grpc.insecure_channel(em.address) as channel:
         answer = channel.unary_unary(OIDC_CONFIG_METHOD)(b"", timeout=5)
     assert json.loads(answer) == {"issuer": em.issuer, "certs_url": em.certs_url}
+
+
+def test_an_issuer_url_given_for_other_hosts_is_the_one_tokens_and_the_backend_use() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        token_port = sock.getsockname()[1]
+    # "localhost" stands in for the name another container knows the emulator by.
+    issuer = f"http://localhost:{token_port}"
+    with Emulator(queues=(), token_port=token_port, issuer=issuer + "/") as em:
+        token = em.mint_token(email="a@example.com", audience="https://app.example.com")
+
+        assert (em.issuer, em.certs_url) == (issuer, f"{issuer}/certs")
+        claims = oidc.verify(token, oidc.emulator_issuer(em.address))
+        assert claims["iss"] == issuer
+
+
+def test_an_issuer_that_is_not_an_http_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="http:// or https:// URL"):
+        Emulator(queues=(), issuer="emulator:8124")
 
 
 # Lifecycle

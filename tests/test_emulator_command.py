@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+import requests
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
@@ -125,3 +126,33 @@ def test_a_busy_port_is_reported_not_hidden() -> None:
 
     assert proc.returncode == 1
     assert "Could not start the emulator" in stderr
+
+
+def test_the_command_takes_the_issuer_url_the_backend_should_reach_the_keys_at() -> None:
+    token_port = free_port()
+    issuer = f"http://localhost:{token_port}"
+    proc = start("--port", str(free_port()), "--token-port", str(token_port), "--issuer", issuer)
+    try:
+        banner = read_line_containing(proc, "Cloud Tasks emulator on")
+        assert f"OIDC issuer {issuer}." in banner
+        assert requests.get(f"{issuer}/certs", timeout=5).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (["--issuer", "emulator:8124"], "issuer must be an http:// or https:// URL"),
+        (["--queue", "no spaces"], "Queue name must be formatted"),
+    ],
+)
+def test_bad_arguments_are_explained_not_a_traceback(arguments: list[str], reason: str) -> None:
+    proc = start("--port", str(free_port()), *arguments)
+    _, stderr = proc.communicate(timeout=30)
+
+    assert proc.returncode == 1
+    assert "Could not start the emulator: " in stderr
+    assert reason in stderr
+    assert "Traceback" not in stderr

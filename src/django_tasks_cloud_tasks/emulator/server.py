@@ -42,12 +42,18 @@ class Emulator:
         token_port: int = 0,
         log: Callable[[str], None] | None = None,
         tombstone_seconds: float = DEFAULT_TOMBSTONE_SECONDS,
+        issuer: str | None = None,
     ) -> None:
+        if issuer is not None and not issuer.startswith(("http://", "https://")):
+            raise ValueError(f"issuer must be an http:// or https:// URL, not {issuer!r}")
         self._host = host
         self._port = port
         self._project = project
         self._location = location
         self._token_port = token_port
+        # The URL others reach the token server at, when that is not http://host:token_port
+        # (say, another container's name for this one).
+        self._issuer_url = issuer.rstrip("/") if issuer else None
         self._log = log
         self._store = Store(tombstone_seconds=tombstone_seconds, max_queue_concurrency=WORKERS)
         self._started = False
@@ -82,14 +88,14 @@ class Emulator:
 
     @property
     def issuer(self) -> str:
-        """The ``iss`` of the OIDC tokens: the URL of the token server."""
+        """The ``iss`` of the OIDC tokens: the URL of the token server (or the ``issuer`` given)."""
         if self._issuer is None:
             raise RuntimeError("The emulator has not been started.")
         return self._issuer
 
     @property
     def certs_url(self) -> str:
-        """Where the token signing keys are, as ``{kid: PEM}``."""
+        """Where the token signing keys are, as ``{kid: X.509 certificate PEM}``."""
         return f"{self.issuer}/certs"
 
     @property
@@ -183,7 +189,8 @@ class Emulator:
 
     def _start(self) -> None:
         self._tokens = TokenServer(self._host, self._token_port)
-        self._signer = TokenSigner(self._tokens.url)
+        issuer = self._issuer_url or self._tokens.url
+        self._signer = TokenSigner(issuer)
         self._tokens.start(self._signer.documents())
         self._dispatcher = Dispatcher(self._store, self._signer, self._log)
         self._dispatcher.start()
@@ -196,12 +203,12 @@ class Emulator:
         self._grpc_server.add_generic_rpc_handlers(
             (
                 CloudTasksService(self._store).handler(),
-                oidc_config_handler(self._tokens.url, f"{self._tokens.url}/certs"),
+                oidc_config_handler(issuer, f"{issuer}/certs"),
             )
         )
         self._grpc_server.start()
         self._address = f"{self._host}:{port}"
-        self._issuer = self._tokens.url
+        self._issuer = issuer
 
 
 def _present(**fields: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
+from google.api_core.exceptions import GoogleAPICallError
 
 from django_tasks_cloud_tasks import config
 from django_tasks_cloud_tasks.emulator import Emulator
@@ -49,18 +50,29 @@ class Command(BaseCommand):
             default=0,
             help="Port of the HTTP server publishing the OIDC signing keys (default: any free).",
         )
+        parser.add_argument(
+            "--issuer",
+            metavar="URL",
+            help="URL at which the backend reaches that server, and the tokens' issuer "
+            "(default: http://HOST:TOKEN_PORT). In Docker Compose, say http://emulator:8124.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         project, location, queues = self._placement(options)
-        emulator = Emulator(
-            host=options["host"],
-            port=options["port"],
-            project=project,
-            location=location,
-            queues=tuple(queues),
-            token_port=options["token_port"],
-            log=self._log,
-        )
+        try:
+            emulator = Emulator(
+                host=options["host"],
+                port=options["port"],
+                project=project,
+                location=location,
+                queues=tuple(queues),
+                token_port=options["token_port"],
+                log=self._log,
+                issuer=options["issuer"],
+            )
+        except (ValueError, GoogleAPICallError) as exc:
+            # A malformed --issuer, or a --queue name Cloud Tasks would refuse.
+            raise CommandError(f"Could not start the emulator: {exc}") from exc
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
