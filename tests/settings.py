@@ -60,6 +60,17 @@ if os.environ.get("TEST_POSTGRES_HOST"):
         "PASSWORD": os.environ.get("TEST_POSTGRES_PASSWORD", ""),
         "NAME": "django_tasks_cloud_tasks",
     }
+# And MySQL: with TEST_MYSQL_HOST set (scripts/with-mariadb), the suite runs against that server.
+elif os.environ.get("TEST_MYSQL_HOST"):
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.mysql",
+        "HOST": os.environ["TEST_MYSQL_HOST"],
+        "PORT": os.environ.get("TEST_MYSQL_PORT", "3306"),
+        "USER": os.environ.get("TEST_MYSQL_USER", "root"),
+        "PASSWORD": os.environ.get("TEST_MYSQL_PASSWORD", ""),
+        "NAME": "django_tasks_cloud_tasks",
+        "OPTIONS": {"charset": "utf8mb4"},
+    }
 TASKS = {
     "default": {
         "BACKEND": "django_tasks_cloud_tasks.CloudTasksBackend",
