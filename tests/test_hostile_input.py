@@ -137,8 +137,8 @@ class _ErrorCounter(logging.Handler):
 def view_client(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The view with an open backend and one that requires tokens (from a local "Google")."""
     monkeypatch.delenv("CLOUD_TASKS_EMULATOR_HOST", raising=False)
-    google = CertificateServer(FUZZ_KEY)
-    monkeypatch.setattr(oidc, "GOOGLE_CERTS_URL", google.url)
+    server = CertificateServer(FUZZ_KEY)
+    monkeypatch.setattr(oidc, "GOOGLE_CERTS_URL", server.url)
     settings.TASKS = {
         "default": backend_settings("http://testserver", ALLOW_UNAUTHENTICATED=True),
         "guarded": backend_settings(
@@ -151,7 +151,7 @@ def view_client(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     imported_before = set(sys.modules)
     yield Client(raise_request_exception=False), counter
     logging.getLogger("django.request").removeHandler(counter)
-    google.close()
+    server.close()
     assert not {"antigravity", "this"} & (set(sys.modules) - imported_before)
 
 
@@ -181,13 +181,13 @@ def test_generated_requests_never_crash_or_run_a_non_task(
 
 @pytest.fixture(scope="module")
 def google_certificates() -> Iterator[None]:
-    google = CertificateServer(FUZZ_KEY)
+    server = CertificateServer(FUZZ_KEY)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(oidc, "GOOGLE_CERTS_URL", google.url)
+        monkeypatch.setattr(oidc, "GOOGLE_CERTS_URL", server.url)
         oidc.certificates.clear()
         yield
     oidc.certificates.clear()
-    google.close()
+    server.close()
 
 
 @settings(max_examples=1_000, deadline=None)
