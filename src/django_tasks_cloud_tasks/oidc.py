@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
@@ -64,7 +64,8 @@ def emulator_issuer(emulator_host: str) -> Issuer:
     return _emulator_issuer(emulator_host, int(time.monotonic() // EMULATOR_CONFIG_LIFETIME))
 
 
-@cache
+# Bounded: each period adds an entry, for as long as the process runs.
+@lru_cache(maxsize=8)
 def _emulator_issuer(emulator_host: str, _period: int) -> Issuer:
     import grpc
 
