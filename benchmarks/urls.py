@@ -1,6 +1,9 @@
 from django.http import HttpRequest, JsonResponse
+from django.tasks import task_backends
 from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
+
+from django_tasks_cloud_tasks.auth import Refused, authenticate
 
 
 @csrf_exempt  # As the execute view is: Cloud Tasks sends no CSRF token.
@@ -9,7 +12,18 @@ def bare(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "success"})
 
 
+@csrf_exempt
+def authenticated(request: HttpRequest) -> JsonResponse:
+    """The bare view plus the execute view's authentication alone: what verifying a token costs."""
+    try:
+        authenticate(request, {"default": task_backends["default"]})
+    except Refused as refusal:
+        return JsonResponse({"status": "refused", "reason": refusal.reason}, status=refusal.status)
+    return JsonResponse({"status": "success"})
+
+
 urlpatterns = [
     path("cloudtasks/", include("django_tasks_cloud_tasks.urls")),
     path("bare/", bare),
+    path("authenticated/", authenticated),
 ]
