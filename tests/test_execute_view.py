@@ -178,6 +178,37 @@ def test_a_queue_not_allowed_by_the_backend_gets_400(cloud_tasks: CloudTasks) ->
     assert recorder.calls == []
 
 
+def test_a_settings_change_applies_to_tasks_delivered_before_it(cloud_tasks: CloudTasks) -> None:
+    assert post(cloud_tasks, body(queue_name="other")).status_code == 200
+    cloud_tasks.settings.TASKS = {
+        "default": {**cloud_tasks.settings.TASKS["default"], "QUEUES": ["default"]}
+    }
+
+    response = post(cloud_tasks, body(queue_name="other"))
+
+    assert response.status_code == 400
+    assert "Queue 'other' is not valid" in response.json()["reason"]
+    assert [c.args for c in recorder.calls] == [(5, 3)]
+
+
+def test_each_call_is_checked_against_the_signature_whatever_came_before(
+    cloud_tasks: CloudTasks,
+) -> None:
+    calls = [
+        ([5, 3], {}, 200),
+        ([1], {}, 400),
+        ([7], {"b": 8}, 200),
+        ([7], {"c": 8}, 400),
+        ([2, 2], {}, 200),
+        ([1], {}, 400),
+    ]
+
+    statuses = [post(cloud_tasks, body(args=a, kwargs=k)).status_code for a, k, _ in calls]
+
+    assert statuses == [status for _, _, status in calls]
+    assert [c.args for c in recorder.calls] == [(5, 3), (7, 8), (2, 2)]
+
+
 def test_a_backend_of_another_type_gets_400(cloud_tasks: CloudTasks) -> None:
     cloud_tasks.settings.TASKS = {
         **cloud_tasks.settings.TASKS,

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from django.core.signals import setting_changed
 from django.db import transaction
+from django.dispatch import receiver
 from django.http import HttpRequest, JsonResponse
 from django.tasks import Task, TaskResult, TaskResultStatus, task_backends
 from django.tasks.exceptions import InvalidTask
@@ -158,7 +160,9 @@ def _accept(request: HttpRequest) -> _Delivery | JsonResponse:
         )
     try:
         attempt = _attempt(request)
-        task = _task_as_enqueued(payload)
+        task = _task_as_enqueued(
+            payload.task_path, payload.backend, payload.queue_name, payload.priority
+        )
         _check_arguments(task, payload)
     except (InvalidTask, ValueError) as exc:
         return _refuse(400, str(exc), payload.task_id)
@@ -204,30 +208,47 @@ def _attempt(request: HttpRequest) -> execution.Attempt:
 
 def _check_arguments(task: Task[..., Any], payload: Payload) -> None:
     # A call that cannot bind would fail on every retry: refuse it as bad input instead.
-    args = [None, *payload.args] if task.takes_context else payload.args
-    try:
-        _signature(task.func).bind(*args, **payload.kwargs)
-    except TypeError as exc:
-        raise ValueError(f"{payload.task_path} does not accept these arguments: {exc}") from None
+    positional = len(payload.args) + task.takes_context
+    error = _binding_error(task.func, positional, tuple(payload.kwargs))
+    if error is not None:
+        raise ValueError(f"{payload.task_path} does not accept these arguments: {error}")
 
 
 @lru_cache(maxsize=1024)
-def _signature(func: Callable[..., Any]) -> inspect.Signature:
-    return inspect.signature(func)
+def _binding_error(
+    func: Callable[..., Any], positional: int, keywords: tuple[str, ...]
+) -> str | None:
+    """Why a call with this many positional arguments and these keywords cannot bind, if it can't.
+
+    Binding looks only at how many positional arguments there are and at the keywords' names,
+    never at values, so the verdict holds for every call of this shape.
+    """
+    try:
+        inspect.signature(func).bind(*range(positional), **dict.fromkeys(keywords))
+    except TypeError as exc:
+        return str(exc)
+    return None
 
 
-def _task_as_enqueued(payload: Payload) -> Task[..., Any]:
+# Kept per process: finding the task (an import check against the installed apps) and validating
+# it for its backend and queue (Task.using) cost more than every other lookup of a delivery. A
+# failed lookup raises, so only tasks are kept, and a change of the settings they depend on clears
+# them (below).
+@lru_cache(maxsize=256)
+def _task_as_enqueued(
+    task_path: str, backend: str, queue_name: str, priority: int
+) -> Task[..., Any]:
     """The task with the backend, queue and priority it was enqueued with (``Task.using``)."""
-    task = _task(payload.task_path)
-    if (task.backend, task.queue_name, task.priority) == (
-        payload.backend,
-        payload.queue_name,
-        payload.priority,
-    ):
+    task = _task(task_path)
+    if (task.backend, task.queue_name, task.priority) == (backend, queue_name, priority):
         return task  # Validated when it was defined; using() would validate it again.
-    return task.using(
-        backend=payload.backend, queue_name=payload.queue_name, priority=payload.priority
-    )
+    return task.using(backend=backend, queue_name=queue_name, priority=priority)
+
+
+@receiver(setting_changed)
+def _forget_tasks(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"TASKS", "INSTALLED_APPS"}:
+        _task_as_enqueued.cache_clear()
 
 
 def _task(task_path: str) -> Task[..., Any]:
