@@ -1,7 +1,8 @@
 """Who may run tasks through the execute view. It fails closed.
 
-The view calls ``authenticate`` before it parses anything. The answer is the set of backend aliases
-the request may run tasks for, or ``Refused`` with the HTTP status and the reason:
+The view calls ``authenticate`` before it parses anything, with the ``Policy`` of the project's
+Cloud Tasks backends. The answer is the set of backend aliases the request may run tasks for, or
+``Refused`` with the HTTP status and the reason:
 
 - A backend with ``OIDC_SERVICE_ACCOUNT_EMAIL`` accepts only a Bearer ID token signed by a trusted
   issuer, unexpired, whose ``aud`` is its ``OIDC_AUDIENCE`` and whose ``email`` is that service
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
 
 from . import oidc
-from .backend import CloudTasksBackend
 from .config import CloudTasksConfig
 
 logger = logging.getLogger(__name__)
@@ -37,15 +38,26 @@ class Refused(Exception):
         self.reason = reason
 
 
-def authenticate(request: HttpRequest, backends: Mapping[str, CloudTasksBackend]) -> frozenset[str]:
-    """The aliases of ``backends`` this request is allowed to run tasks for."""
-    configs = {alias: backend.config for alias, backend in backends.items()}
-    guarded = {a: c for a, c in configs.items() if c.oidc_service_account_email}
-    debug = settings.DEBUG
-    open_aliases = frozenset(
-        a for a, c in configs.items() if a not in guarded and (c.allow_unauthenticated or debug)
-    )
-    if not guarded:
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Which requests each backend alias accepts, worked out once from the aliases' settings."""
+
+    guarded: Mapping[str, CloudTasksConfig]  # Aliases that require an ID token.
+    unguarded: frozenset[str]  # Those that don't: they run unauthenticated requests in DEBUG...
+    allow_unauthenticated: frozenset[str]  # ...and these always (ALLOW_UNAUTHENTICATED).
+
+    @classmethod
+    def of(cls, configs: Mapping[str, CloudTasksConfig]) -> Policy:
+        guarded = {a: c for a, c in configs.items() if c.oidc_service_account_email}
+        unguarded = frozenset(configs.keys() - guarded.keys())
+        allowed = frozenset(a for a in unguarded if configs[a].allow_unauthenticated)
+        return cls(guarded=guarded, unguarded=unguarded, allow_unauthenticated=allowed)
+
+
+def authenticate(request: HttpRequest, policy: Policy) -> frozenset[str]:
+    """The backend aliases this request is allowed to run tasks for."""
+    open_aliases = policy.unguarded if settings.DEBUG else policy.allow_unauthenticated
+    if not policy.guarded:
         if open_aliases:
             return open_aliases
         _log_closed_once()
@@ -60,7 +72,7 @@ def authenticate(request: HttpRequest, backends: Mapping[str, CloudTasksBackend]
             return open_aliases
         raise Refused(401, "an 'Authorization: Bearer <ID token>' header is required")
     try:
-        matched = _aliases_for_token(token, guarded)
+        matched = _aliases_for_token(token, policy.guarded)
     except oidc.InvalidToken as exc:
         if open_aliases:
             return open_aliases

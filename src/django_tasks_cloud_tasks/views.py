@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
@@ -26,7 +26,7 @@ from django.tasks.exceptions import InvalidTask
 from django.views.decorators.csrf import csrf_exempt
 
 from . import execution
-from .auth import Refused, authenticate
+from .auth import Policy, Refused, authenticate
 from .backend import CloudTasksBackend
 from .payload import MAX_BODY_BYTES, InvalidPayload, Payload, decode
 from .resolution import resolve_task
@@ -145,7 +145,7 @@ def _accept(request: HttpRequest) -> _Delivery | JsonResponse:
 
     backends = _cloud_tasks_backends()
     try:
-        allowed = authenticate(request, backends)
+        allowed = authenticate(request, backends.policy)
         payload = decode(request.body)
     except Refused as refusal:
         return _refuse(refusal.status, refusal.reason)
@@ -154,7 +154,7 @@ def _accept(request: HttpRequest) -> _Delivery | JsonResponse:
 
     if payload.backend not in allowed:
         return _refuse(
-            403 if payload.backend in backends else 400,
+            403 if payload.backend in backends.by_alias else 400,
             f"backend {payload.backend!r} is not a CloudTasksBackend this request may use",
             payload.task_id,
         )
@@ -168,7 +168,7 @@ def _accept(request: HttpRequest) -> _Delivery | JsonResponse:
         return _refuse(400, str(exc), payload.task_id)
     except LookupError as exc:
         return _refuse(404, str(exc), payload.task_id)
-    backend = backends[payload.backend]
+    backend = backends.by_alias[payload.backend]
     return _Delivery(type(backend), task, payload, attempt, backend.config)
 
 
@@ -187,12 +187,25 @@ def _declared_length(request: HttpRequest) -> int:
         return 0
 
 
-def _cloud_tasks_backends() -> dict[str, CloudTasksBackend]:
-    return {
+@dataclass(frozen=True, slots=True)
+class _Backends:
+    """The project's CloudTasksBackend aliases, and who may run tasks for them."""
+
+    by_alias: Mapping[str, CloudTasksBackend]
+    policy: Policy
+
+
+# Kept per process until TASKS changes. Django builds a backend per thread, but the view reads only
+# a backend's class and configuration, which are the same in every thread.
+@cache
+def _cloud_tasks_backends() -> _Backends:
+    backends = {
         alias: backend
         for alias in task_backends.settings
         if isinstance(backend := task_backends[alias], CloudTasksBackend)
     }
+    policy = Policy.of({alias: backend.config for alias, backend in backends.items()})
+    return _Backends(by_alias=backends, policy=policy)
 
 
 def _attempt(request: HttpRequest) -> execution.Attempt:
@@ -246,7 +259,9 @@ def _task_as_enqueued(
 
 
 @receiver(setting_changed)
-def _forget_tasks(*, setting: str, **kwargs: Any) -> None:
+def _forget_backends_and_tasks(*, setting: str, **kwargs: Any) -> None:
+    if setting == "TASKS":
+        _cloud_tasks_backends.cache_clear()
     if setting in {"TASKS", "INSTALLED_APPS"}:
         _task_as_enqueued.cache_clear()
 
