@@ -295,6 +295,9 @@ def view_figures(repeat: int, count: int, emulator: Any, database: Path) -> list
         # Not a target: the OIDC check alone (the bare view plus authenticate()), to show how
         # much of the figure above is verifying the token and how much is running the task.
         ViewMode("OIDC check alone", "", oidc_env, mint, path="/authenticated/"),
+        # Not a target either: the least any execute view with OIDC must do (verify the token, run
+        # the task as Django does, answer): a bound for every implementation, this one included.
+        ViewMode("OIDC verify and run, nothing else", "", oidc_env, mint, path="/verify-and-run/"),
         ViewMode(
             "execute view with result store",
             ">= 0.5x",
