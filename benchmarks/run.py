@@ -94,20 +94,23 @@ def process(command: list[str], port: int, env: dict[str, str]) -> Iterator[None
         proc.wait(10)
 
 
+def rotated[Sample](repeat: int, *measures: Callable[[], Sample]) -> list[list[Sample]]:
+    """Samples of every measure, each repetition taking all of them, forwards and backwards in
+    turn, so that drift and whatever the previous measurement left behind affect them alike.
+    """
+    samples: list[list[Sample]] = [[] for _ in measures]
+    for repetition in range(repeat):
+        order = range(len(measures))
+        for index in reversed(order) if repetition % 2 else order:
+            samples[index].append(measures[index]())
+    return samples
+
+
 def alternated[Sample](
     repeat: int, ours: Callable[[], Sample], floor: Callable[[], Sample]
 ) -> tuple[list[Sample], list[Sample]]:
-    """Samples of ``ours`` and ``floor`` taken in alternation, each going first in every other
-    repetition, so that drift and whatever the previous measurement left behind affect both alike.
-    """
-    ours_samples, floor_samples = [], []
-    for repetition in range(repeat):
-        if repetition % 2:
-            floor_samples.append(floor())
-            ours_samples.append(ours())
-        else:
-            ours_samples.append(ours())
-            floor_samples.append(floor())
+    """Samples of ``ours`` and ``floor`` taken in alternation, each going first every other time."""
+    ours_samples, floor_samples = rotated(repeat, ours, floor)
     return ours_samples, floor_samples
 
 
@@ -269,13 +272,23 @@ def post_rate(
 
 
 @dataclass
-class ViewMode:
+class ViewFigure:
     name: str
+    path: str
     target: str
+
+
+@dataclass
+class ViewServer:
+    """One server's settings and the views measured on it, each against the bare view."""
+
     env: dict[str, str]
+    figures: list[ViewFigure]
     mint: Callable[[], str] | None = None
     prepare: Callable[[list[str]], None] | None = None
-    path: str = "/cloudtasks/execute/"
+
+
+EXECUTE = "/cloudtasks/execute/"
 
 
 def view_figures(repeat: int, count: int, emulator: Any, database: Path) -> list[Figure]:
@@ -289,41 +302,58 @@ def view_figures(repeat: int, count: int, emulator: Any, database: Path) -> list
         "BENCHMARK_OIDC_EMAIL": SERVICE_ACCOUNT,
         "CLOUD_TASKS_EMULATOR_HOST": emulator.address,
     }
-    modes = [
-        ViewMode("execute view (WSGI, gunicorn)", ">= 0.8x", {}),
-        ViewMode("execute view with OIDC", ">= 0.75x", oidc_env, mint),
-        # Not a target: the OIDC check alone (the bare view plus authenticate()), to show how
-        # much of the figure above is verifying the token and how much is running the task.
-        ViewMode("OIDC check alone", "", oidc_env, mint, path="/authenticated/"),
-        # Not a target either: the least any execute view with OIDC must do (verify the token, run
-        # the task as Django does, answer): a bound for every implementation, this one included.
-        ViewMode("OIDC verify and run, nothing else", "", oidc_env, mint, path="/verify-and-run/"),
-        ViewMode(
-            "execute view with result store",
-            ">= 0.5x",
+    servers = [
+        ViewServer({}, [ViewFigure("execute view (WSGI, gunicorn)", EXECUTE, ">= 0.8x")]),
+        ViewServer(
+            oidc_env,
+            [
+                ViewFigure("execute view with OIDC", EXECUTE, ">= 0.75x"),
+                # No targets: breakdowns of the figure above, measured in the same server. The
+                # OIDC check alone (the bare view plus authenticate()), and the least any execute
+                # view with OIDC must do (verify the token, run the task as Django does, answer):
+                # a bound for every implementation, this one included.
+                ViewFigure("OIDC check alone", "/authenticated/", ""),
+                ViewFigure("OIDC verify and run, nothing else", "/verify-and-run/", ""),
+            ],
+            mint,
+        ),
+        ViewServer(
             {"BENCHMARK_STORE_RESULTS": "1"},
+            [ViewFigure("execute view with result store", EXECUTE, ">= 0.5x")],
             prepare=enqueued_rows,
         ),
     ]
     figures = []
-    for mode in modes:
+    for server in servers:
         env = environment(
-            BENCHMARK_HANDLER_HOST=handler_host, BENCHMARK_DATABASE=str(database), **mode.env
+            BENCHMARK_HANDLER_HOST=handler_host, BENCHMARK_DATABASE=str(database), **server.env
         )
         command = [
             sys.executable, "-m", "gunicorn", "benchmarks.wsgi:application",
             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "gthread",
             "--threads", "2", "--keep-alive", "30", "--log-level", "warning",
         ]  # fmt: skip
+        paths = ["/bare/", *(figure.path for figure in server.figures)]
         with process(command, port, env):
-            for path in ("/bare/", mode.path):
-                post_rate(port, path, 200, mode.mint, mode.prepare)  # Warm up, fetch keys.
-            ours, floor = paired(
+            for path in paths:
+                post_rate(port, path, 200, server.mint, server.prepare)  # Warm up, fetch keys.
+            floor, *samples = rotated(
                 repeat,
-                partial(post_rate, port, mode.path, count, mode.mint, mode.prepare),
-                partial(post_rate, port, "/bare/", count, mode.mint, mode.prepare),
+                *(
+                    partial(post_rate, port, path, count, server.mint, server.prepare)
+                    for path in paths
+                ),
             )
-        figures.append(Figure(mode.name, ours, floor, "req/s", mode.target))
+        figures += [
+            Figure(
+                figure.name,
+                statistics.median(ours),
+                statistics.median(floor),
+                "req/s",
+                figure.target,
+            )
+            for figure, ours in zip(server.figures, samples, strict=True)
+        ]
     return figures
 
 
