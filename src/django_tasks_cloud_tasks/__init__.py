@@ -1,4 +1,35 @@
-"""Google Cloud Tasks backend for Django's task framework (``django.tasks``)."""
+"""Google Cloud Tasks backend for Django's task framework (``django.tasks``).
+
+What users may import or name, and nothing else, is public:
+
+- ``django_tasks_cloud_tasks.CloudTasksBackend`` (the ``BACKEND`` of ``TASKS``), with the exceptions
+  ``CloudTasksError`` and ``PayloadTooLarge``, all importable from this package;
+- ``django_tasks_cloud_tasks`` in ``INSTALLED_APPS`` (the result store, its admin and checks) and
+  ``django_tasks_cloud_tasks.urls`` (the execute view, to ``include`` under ``cloudtasks/``);
+- ``django_tasks_cloud_tasks.emulator.Emulator`` and the ``cloudtasks_emulator`` and
+  ``prune_task_results`` management commands.
+
+Every other module and name is internal and may change in any release.
+
+Process-wide caches, what clears them, and why each is safe to keep:
+
+- ``config.resolve``: each backend's resolved configuration, keyed by its alias, OPTIONS and the
+  environment variables it reads; for the life of the process (a change makes a new key).
+- ``auth.cloud_tasks_backends``: the project's Cloud Tasks backends and who may use them; until
+  ``TASKS`` changes (Django's ``setting_changed``).
+- ``resolution.task_as_enqueued``: the task for each path, backend, queue and priority, 256 at
+  most; until ``TASKS`` or ``INSTALLED_APPS`` changes.
+- ``resolution._binding_error``: whether a call of one shape binds to a task function, 1024 at
+  most; never cleared (a function's signature does not change).
+- ``execution.worker_id``: this host and process id; a forked child gets its own (keyed by pid).
+- ``oidc.certificates``: each issuer's public keys, for the lifetime they advertise (5 minutes
+  when they don't), re-fetched early for an unknown key id at most every 30 seconds.
+- ``oidc.emulator_issuer``: where the local emulator publishes its keys; one minute.
+- ``client``: the Cloud Tasks clients, per emulator host (per event loop for async clients);
+  dropped in a forked child, whose gRPC channels would not work.
+- ``oidc`` and ``metadata`` HTTP transports (google-auth's), and ``statements``' SQL text per
+  database vendor: for the life of the process.
+"""
 
 from .backend import CloudTasksBackend
 from .exceptions import CloudTasksError, PayloadTooLarge

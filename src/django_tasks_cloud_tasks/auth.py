@@ -10,6 +10,10 @@ Cloud Tasks backends. The answer is the set of backend aliases the request may r
   for any audience.
 - A backend without it accepts unauthenticated requests only when ``DEBUG`` is on or it sets
   ``ALLOW_UNAUTHENTICATED`` (say, on a Cloud Run service that only IAM-authorised callers reach).
+
+Once the body is parsed, ``Backends.permitted`` gives the backend the body names, if the request
+may use it. The project's backends and their policy are worked out once per ``TASKS``
+(``cloud_tasks_backends``).
 """
 
 from __future__ import annotations
@@ -17,25 +21,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpRequest
+from django.tasks import task_backends
 
 from . import oidc
+from .backend import CloudTasksBackend
 from .config import CloudTasksConfig
+from .exceptions import Refused
+
+__all__ = ["Backends", "Policy", "Refused", "authenticate", "cloud_tasks_backends"]
 
 logger = logging.getLogger(__name__)
 _closed_logged = False
-
-
-class Refused(Exception):
-    """The request may not run any task; ``status`` is the HTTP answer, ``reason`` says why."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,42 @@ class Policy:
         unguarded = frozenset(configs.keys() - guarded.keys())
         allowed = frozenset(a for a in unguarded if configs[a].allow_unauthenticated)
         return cls(guarded=guarded, unguarded=unguarded, allow_unauthenticated=allowed)
+
+
+@dataclass(frozen=True, slots=True)
+class Backends:
+    """The project's CloudTasksBackend aliases, and who may run tasks for them."""
+
+    by_alias: Mapping[str, CloudTasksBackend]
+    policy: Policy
+
+    def permitted(self, alias: str, allowed: frozenset[str]) -> CloudTasksBackend:
+        """The backend ``alias`` names, if the request was allowed to use it."""
+        if alias not in allowed:
+            raise Refused(
+                403 if alias in self.by_alias else 400,
+                f"backend {alias!r} is not a CloudTasksBackend this request may use",
+            )
+        return self.by_alias[alias]
+
+
+# Kept per process until TASKS changes. Django builds a backend per thread, but the view reads only
+# a backend's class and configuration, which are the same in every thread.
+@cache
+def cloud_tasks_backends() -> Backends:
+    backends = {
+        alias: backend
+        for alias in task_backends.settings
+        if isinstance(backend := task_backends[alias], CloudTasksBackend)
+    }
+    policy = Policy.of({alias: backend.config for alias, backend in backends.items()})
+    return Backends(by_alias=backends, policy=policy)
+
+
+@receiver(setting_changed)
+def _forget_backends(*, setting: str, **kwargs: Any) -> None:
+    if setting == "TASKS":
+        cloud_tasks_backends.cache_clear()
 
 
 def authenticate(request: HttpRequest, policy: Policy) -> frozenset[str]:

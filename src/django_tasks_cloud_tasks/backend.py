@@ -1,4 +1,8 @@
-"""The enqueue side: ``task.enqueue()`` becomes a Cloud Tasks HTTP task for the execute view."""
+"""The enqueue side: ``task.enqueue()`` becomes a Cloud Tasks HTTP task for the execute view.
+
+The backend also checks its own configuration (``check``, collected by Django's tasks checks, and
+``check_deployment``, collected by ``manage.py check --deploy``), as Django's backends do.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from django.conf import settings
+from django.core import checks
 from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import InvalidTask
@@ -25,6 +31,8 @@ _QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+__all__ = ["CloudTasksBackend"]
 
 
 class CloudTasksBackend(BaseTaskBackend):
@@ -94,6 +102,59 @@ class CloudTasksBackend(BaseTaskBackend):
         from . import store
 
         return await store.aget_result(self.alias, result_id)
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        """Configuration problems, as check messages with ids and hints."""
+        return [*super().check(**kwargs), *self._check_handler_path()]
+
+    def check_deployment(self) -> list[checks.CheckMessage]:
+        """For `check --deploy`: whether the execute view would refuse every task, or is open."""
+        config = self.config
+        if config.oidc_service_account_email:
+            return []
+        if config.allow_unauthenticated:
+            return [
+                checks.Warning(
+                    f"TASKS[{self.alias!r}] sets ALLOW_UNAUTHENTICATED: anyone who can reach "
+                    f"{config.handler_path} can run this project's tasks.",
+                    hint="Keep it only where the platform authenticates callers (Cloud Run "
+                    "without --allow-unauthenticated, roles/run.invoker granted narrowly); "
+                    "otherwise set OIDC_SERVICE_ACCOUNT_EMAIL.",
+                    id="django_tasks_cloud_tasks.W002",
+                )
+            ]
+        return [
+            checks.Warning(
+                f"TASKS[{self.alias!r}] has no OIDC_SERVICE_ACCOUNT_EMAIL, so with DEBUG off its "
+                "execute view refuses every task (403).",
+                hint="Set OIDC_SERVICE_ACCOUNT_EMAIL to the service account Cloud Tasks signs "
+                "tokens as (auto-detected on Cloud Run and App Engine), or "
+                "ALLOW_UNAUTHENTICATED: True if only authorised callers can reach the view.",
+                id="django_tasks_cloud_tasks.W001",
+            )
+        ]
+
+    def _check_handler_path(self) -> list[checks.CheckMessage]:
+        from django.urls import Resolver404, resolve
+
+        from .views import aexecute, execute
+
+        path = self.config.handler_path
+        try:
+            routed = resolve(path).func in (execute, aexecute)
+        except Resolver404:
+            routed = False
+        if routed:
+            return []
+        return [
+            checks.Error(
+                f"TASKS[{self.alias!r}] sends tasks to {path}, which does not route to the "
+                "Cloud Tasks execute view.",
+                hint="Add path('cloudtasks/', include('django_tasks_cloud_tasks.urls')) to "
+                f"{settings.ROOT_URLCONF}, or set TASK_HANDLER_PATH to where you mounted it.",
+                id="django_tasks_cloud_tasks.E001",
+            )
+        ]
 
     def _prepare(
         self, task: Task[_P, _R], args: list[Any], kwargs: dict[str, Any]

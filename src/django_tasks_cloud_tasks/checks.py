@@ -1,14 +1,17 @@
-"""System checks: `check --deploy` says when the execute view would refuse every task or be open."""
+"""`check --deploy` asks each Cloud Tasks backend whether its execute view would refuse every task
+or be open (``CloudTasksBackend.check_deployment``).
+
+Every other check lives on the backend (``CloudTasksBackend.check``), which Django's tasks checks
+collect; Django has no deployment hook for backends, hence this one.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.tasks import task_backends
-from django.urls import Resolver404, resolve
 
 from .backend import CloudTasksBackend
 
@@ -16,66 +19,11 @@ from .backend import CloudTasksBackend
 @checks.register(checks.Tags.security, deploy=True)
 def check_execute_view_authentication(**kwargs: Any) -> list[checks.CheckMessage]:
     messages: list[checks.CheckMessage] = []
-    for alias, backend in _backends():
-        config = backend.config
-        if config.oidc_service_account_email:
-            continue
-        if config.allow_unauthenticated:
-            messages.append(
-                checks.Warning(
-                    f"TASKS[{alias!r}] sets ALLOW_UNAUTHENTICATED: anyone who can reach "
-                    f"{config.handler_path} can run this project's tasks.",
-                    hint="Keep it only where the platform authenticates callers (Cloud Run "
-                    "without --allow-unauthenticated, roles/run.invoker granted narrowly); "
-                    "otherwise set OIDC_SERVICE_ACCOUNT_EMAIL.",
-                    id="django_tasks_cloud_tasks.W002",
-                )
-            )
-        else:
-            messages.append(
-                checks.Warning(
-                    f"TASKS[{alias!r}] has no OIDC_SERVICE_ACCOUNT_EMAIL, so with DEBUG off its "
-                    "execute view refuses every task (403).",
-                    hint="Set OIDC_SERVICE_ACCOUNT_EMAIL to the service account Cloud Tasks signs "
-                    "tokens as (auto-detected on Cloud Run and App Engine), or "
-                    "ALLOW_UNAUTHENTICATED: True if only authorised callers can reach the view.",
-                    id="django_tasks_cloud_tasks.W001",
-                )
-            )
-    return messages
-
-
-@checks.register(checks.Tags.urls)
-def check_handler_path_routes_to_the_view(**kwargs: Any) -> list[checks.CheckMessage]:
-    from .views import aexecute, execute
-
-    messages: list[checks.CheckMessage] = []
-    for alias, backend in _backends():
-        path = backend.config.handler_path
-        try:
-            routed = resolve(path).func in (execute, aexecute)
-        except Resolver404:
-            routed = False
-        if not routed:
-            messages.append(
-                checks.Error(
-                    f"TASKS[{alias!r}] sends tasks to {path}, which does not route to the "
-                    "Cloud Tasks execute view.",
-                    hint="Add path('cloudtasks/', include('django_tasks_cloud_tasks.urls')) to "
-                    f"{settings.ROOT_URLCONF}, or set TASK_HANDLER_PATH to where you mounted it.",
-                    id="django_tasks_cloud_tasks.E001",
-                )
-            )
-    return messages
-
-
-def _backends() -> list[tuple[str, CloudTasksBackend]]:
-    found = []
     for alias in task_backends.settings:
         try:
             backend = task_backends[alias]
         except ImproperlyConfigured:
             continue  # Django's own tasks check reports it.
         if isinstance(backend, CloudTasksBackend):
-            found.append((alias, backend))
-    return found
+            messages.extend(backend.check_deployment())
+    return messages

@@ -1,8 +1,12 @@
-"""Exceptions raised to users of the backend."""
+"""Exceptions of this package: those raised to users, and the execute view's one refusal type."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.tasks.exceptions import TaskException
+
+__all__ = ["CloudTasksError", "PayloadTooLarge"]
 
 
 class CloudTasksError(TaskException):
@@ -18,3 +22,20 @@ class CloudTasksError(TaskException):
 
 class PayloadTooLarge(TaskException, ValueError):
     """A task's arguments make it larger than Cloud Tasks accepts."""
+
+
+class Refused(Exception):
+    """The execute view will not run this request: ``status`` is the 4xx/5xx answer, ``reason`` why.
+
+    Raised wherever a check fails (authentication, the body, the task lookup, the arguments) and
+    answered in one place, the view. Internal: users never see it, only its response.
+    """
+
+    def __init__(
+        self, status: int, reason: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.task_id: str | None = None  # Set once the body is parsed, so the answer can name it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,15 +46,37 @@ class Attempt:
     number: int  # 1 for the first delivery; X-CloudTasks-TaskRetryCount + 1.
     task_name: str | None = None  # The Cloud Tasks task id.
 
+    def worker_ids(self, recorded: Sequence[str] = ()) -> tuple[str, ...]:
+        """One worker id per attempt, this one last; Cloud Tasks' count says how many there are.
+
+        The earlier places hold the workers ``recorded`` (by the result store), and
+        ``UNKNOWN_WORKER`` for attempts nobody saw: deliveries refused as duplicates (Cloud Tasks
+        counts those as retries too), a row pruned or a store switched on in between, or every
+        earlier attempt without a store. If more were recorded than Cloud Tasks counts (a request
+        replayed by hand), the surplus goes, so that ``context.attempt`` stays
+        X-CloudTasks-TaskRetryCount + 1, the number that Cloud Tasks' retry limits are about.
+        """
+        earlier = list(recorded[: self.number - 1])
+        earlier += [UNKNOWN_WORKER] * (self.number - 1 - len(earlier))
+        return (*earlier, worker_id())
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What the result store recorded when this attempt claimed the task."""
+    """The task's history as this attempt starts it: what the result store records on a claim.
+
+    Without a store every attempt starts a history of its own (``Claim.first``).
+    """
 
     started_at: datetime  # Of the first attempt.
     attempted_at: datetime  # Of this attempt.
     worker_ids: tuple[str, ...]  # One per attempt, this one last.
     errors: tuple[TaskError, ...]  # Of the earlier attempts.
+
+    @classmethod
+    def first(cls, attempt: Attempt, now: datetime) -> Claim:
+        """The claim of a task with no recorded history: it starts now."""
+        return cls(started_at=now, attempted_at=now, worker_ids=attempt.worker_ids(), errors=())
 
 
 def start(
@@ -70,24 +92,20 @@ def start(
     the errors of earlier attempts.
     """
     if claim is None:
-        started_at = attempted_at = timezone.now()
-        workers, errors = [UNKNOWN_WORKER] * (attempt.number - 1) + [worker_id()], []
-    else:
-        started_at, attempted_at = claim.started_at, claim.attempted_at
-        workers, errors = list(claim.worker_ids), list(claim.errors)
+        claim = Claim.first(attempt, timezone.now())
     result: TaskResult[..., Any] = TaskResult(
         task=task,
         id=payload.task_id,
         status=TaskResultStatus.RUNNING,
         enqueued_at=payload.enqueued_at,
-        started_at=started_at,
-        last_attempted_at=attempted_at,
+        started_at=claim.started_at,
+        last_attempted_at=claim.attempted_at,
         finished_at=None,
         args=payload.args,
         kwargs=payload.kwargs,
         backend=payload.backend,
-        errors=errors,
-        worker_ids=workers,
+        errors=list(claim.errors),
+        worker_ids=list(claim.worker_ids),
     )
     task_started.send(sender=sender, task_result=result)
     return result

@@ -16,14 +16,19 @@ from typing import Any
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, DEFAULT_TASK_QUEUE_NAME
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 
+from .exceptions import Refused
+
 # Cloud Tasks refuses tasks over 1 MiB; the body is most of a task, so no valid body is larger.
 MAX_BODY_BYTES = 1024 * 1024
 _DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 _NAME = re.compile(r"[\w.-]{1,128}")
 
 
-class InvalidPayload(ValueError):
-    """The body is not a task this package sent; the message says why."""
+class InvalidPayload(Refused, ValueError):
+    """The body is not a task this package sent (400); the message says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(400, reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +30,7 @@ from django.tasks.base import TaskError
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.utils import timezone
 
-from .execution import UNKNOWN_WORKER, Attempt, Claim, worker_id
+from .execution import Attempt, Claim
 from .models import TaskRecord
 from .payload import Payload
 from .statements import Insert, Update
@@ -155,13 +154,15 @@ def _claim_ready(database: str, payload: Payload, attempt: Attempt) -> Claim | N
     A READY row has never been claimed, so no attempt of its task ran. This is the path of
     almost every first delivery; any other row is read first (``claim``).
     """
-    now = timezone.now()
-    claimed = Claim(
-        started_at=now, attempted_at=now, worker_ids=tuple(_worker_ids(attempt)), errors=()
-    )
+    claimed = Claim.first(attempt, timezone.now())
     updated = _CLAIM_READY.execute(
         database,
-        [TaskResultStatus.RUNNING, now, now, list(claimed.worker_ids)],
+        [
+            TaskResultStatus.RUNNING,
+            claimed.started_at,
+            claimed.attempted_at,
+            list(claimed.worker_ids),
+        ],
         where=[payload.task_id, TaskResultStatus.READY],
     )
     return claimed if updated else None
@@ -185,7 +186,7 @@ def _update_running(
     claimed = Claim(
         started_at=record.started_at or now,
         attempted_at=now,
-        worker_ids=tuple(_worker_ids(attempt, record.worker_ids)),
+        worker_ids=attempt.worker_ids(record.worker_ids),
         errors=tuple(TaskError(**error) for error in record.errors),
     )
     updated = records.filter(
@@ -202,9 +203,7 @@ def _update_running(
 
 
 def _insert_running(payload: Payload, attempt: Attempt, now: datetime) -> Claim | None:
-    claimed = Claim(
-        started_at=now, attempted_at=now, worker_ids=tuple(_worker_ids(attempt)), errors=()
-    )
+    claimed = Claim.first(attempt, now)
     record = TaskRecord(
         id=payload.task_id,
         task_path=payload.task_path,
@@ -234,20 +233,6 @@ def _insert(database: str, record: TaskRecord) -> bool:
     except IntegrityError:
         return False
     return True
-
-
-def _worker_ids(attempt: Attempt, recorded: Sequence[str] = ()) -> list[str]:
-    """One worker id per attempt, this one last; Cloud Tasks' count says how many there are.
-
-    The earlier places hold the workers the store ``recorded``, and ``UNKNOWN_WORKER`` for attempts
-    it never saw: deliveries refused as duplicates (Cloud Tasks counts those as retries too), a row
-    pruned or a store switched on in between. If the store saw more than Cloud Tasks counts (a
-    request replayed by hand), the surplus goes, so that ``context.attempt`` stays
-    X-CloudTasks-TaskRetryCount + 1, the number that Cloud Tasks' retry limits are about.
-    """
-    earlier = list(recorded[: attempt.number - 1])
-    earlier += [UNKNOWN_WORKER] * (attempt.number - 1 - len(earlier))
-    return [*earlier, worker_id()]
 
 
 def record_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
