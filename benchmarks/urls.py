@@ -53,7 +53,7 @@ def verify_and_run(request: HttpRequest) -> JsonResponse:
     payload = Payload(**{**json.loads(request.body), "enqueued_at": None})
     sender = type(backend())
     started = execution.start(sender, noop, payload, execution.Attempt(number=1))
-    return JsonResponse({"status": "success", "task_id": execution.run(sender, started).id})
+    return JsonResponse({"status": "success", "task_id": execution.run(sender, started).result.id})
 
 
 urlpatterns = [

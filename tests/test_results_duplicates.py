@@ -169,7 +169,7 @@ def test_the_outcome_of_an_attempt_claimed_over_is_not_stored(stored: CloudTasks
     assert isinstance(retry, execution.Claim)
 
     late = execution.start(CloudTasksBackend, tasks.add, payload, Attempt(1), overran)
-    store.record_finished(execution.run(CloudTasksBackend, late), overran)
+    store.record_finished(execution.run(CloudTasksBackend, late).result, overran)
 
     assert late.status == TaskResultStatus.SUCCESSFUL
     record = TaskRecord.objects.get(pk=payload.task_id)

@@ -3,7 +3,8 @@
 What users may import or name, and nothing else, is public:
 
 - ``django_tasks_cloud_tasks.CloudTasksBackend`` (the ``BACKEND`` of ``TASKS``), with the exceptions
-  ``CloudTasksError`` and ``PayloadTooLarge``, all importable from this package;
+  ``CloudTasksError``, ``PayloadTooLarge`` and ``PermanentFailure``, the task class ``CloudTask``
+  (``max_attempts``) and the ``task`` decorator, all importable from this package;
 - ``django_tasks_cloud_tasks`` in ``INSTALLED_APPS`` (the result store, its admin and checks) and
   ``django_tasks_cloud_tasks.urls`` (the execute view, to ``include`` under ``cloudtasks/``);
 - ``django_tasks_cloud_tasks.emulator.Emulator`` and the ``cloudtasks_emulator`` and
@@ -31,8 +32,16 @@ Process-wide caches, what clears them, and why each is safe to keep:
   database vendor: for the life of the process.
 """
 
+from .attempts import CloudTask, task
 from .backend import CloudTasksBackend
-from .exceptions import CloudTasksError, PayloadTooLarge
+from .exceptions import CloudTasksError, PayloadTooLarge, PermanentFailure
 
-__all__ = ["CloudTasksBackend", "CloudTasksError", "PayloadTooLarge"]
+__all__ = [
+    "CloudTask",
+    "CloudTasksBackend",
+    "CloudTasksError",
+    "PayloadTooLarge",
+    "PermanentFailure",
+    "task",
+]
 __version__ = "0.2.0"

@@ -136,13 +136,15 @@ def _bearer_token(request: HttpRequest) -> str | None:
 
 
 def _aliases_for_token(token: str, guarded: Mapping[str, CloudTasksConfig]) -> frozenset[str]:
+    # Its form first: finding an issuer's keys may need the network, a malformed token never does.
+    parsed = oidc.parse(token)
     by_issuer: dict[oidc.Issuer, list[str]] = {}
     for alias, config in guarded.items():
         by_issuer.setdefault(_issuer(config), []).append(alias)
     error: oidc.InvalidToken | None = None
     for issuer, aliases in by_issuer.items():
         try:
-            claims = oidc.verify(token, issuer)
+            claims = oidc.verify(parsed, issuer)
         except oidc.InvalidToken as exc:
             error = exc
             continue

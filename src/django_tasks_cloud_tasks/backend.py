@@ -13,6 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import InvalidTask
@@ -20,6 +21,7 @@ from django.tasks.signals import task_enqueued
 from django.utils import timezone
 
 from . import client, config
+from .attempts import CloudTask
 from .exceptions import PayloadTooLarge
 from .payload import MAX_BODY_BYTES, Payload
 
@@ -42,14 +44,29 @@ class CloudTasksBackend(BaseTaskBackend):
     imported only then: it imports the models, which need the app registry and a database.
     """
 
+    task_class = CloudTask  # Takes max_attempts: @task(max_attempts=3) on Django 6.1.
     supports_defer = True
     supports_async_task = True
     supports_priority = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
-        self.config = config.resolve(alias, self.options)
-        self.supports_get_result = self.config.store_results
+        self._config: config.CloudTasksConfig | None = None
+        self._config_error: ImproperlyConfigured | None = None
+        try:
+            self._config = config.resolve(alias, self.options)
+        except ImproperlyConfigured as exc:
+            # Raised again on first use; `check` reports it as a message rather than a traceback.
+            self._config_error = exc
+        self.supports_get_result = self._config is not None and self._config.store_results
+
+    @property
+    def config(self) -> config.CloudTasksConfig:
+        """The validated configuration; ``ImproperlyConfigured`` says what to fix if it is not."""
+        if self._config is None:
+            assert self._config_error is not None
+            raise ImproperlyConfigured(*self._config_error.args) from self._config_error.__cause__
+        return self._config
 
     def validate_task(self, task: Task[..., Any]) -> None:
         super().validate_task(task)
@@ -105,7 +122,18 @@ class CloudTasksBackend(BaseTaskBackend):
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         """Configuration problems, as check messages with ids and hints."""
-        return [*super().check(**kwargs), *self._check_handler_path()]
+        messages = list(super().check(**kwargs))
+        if self._config_error is not None:
+            return [
+                *messages,
+                checks.Error(
+                    str(self._config_error),
+                    hint="Fix this backend's OPTIONS or environment as the message says; "
+                    "docs/configuration.md lists every option.",
+                    id="django_tasks_cloud_tasks.E002",
+                ),
+            ]
+        return [*messages, *self._check_handler_path()]
 
     def check_deployment(self) -> list[checks.CheckMessage]:
         """For `check --deploy`: whether the execute view would refuse every task, or is open."""

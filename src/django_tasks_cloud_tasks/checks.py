@@ -22,8 +22,8 @@ def check_execute_view_authentication(**kwargs: Any) -> list[checks.CheckMessage
     for alias in task_backends.settings:
         try:
             backend = task_backends[alias]
+            if isinstance(backend, CloudTasksBackend):
+                messages.extend(backend.check_deployment())
         except ImproperlyConfigured:
-            continue  # Django's own tasks check reports it.
-        if isinstance(backend, CloudTasksBackend):
-            messages.extend(backend.check_deployment())
+            continue  # The tasks checks report it (CloudTasksBackend.check, or Django's own).
     return messages

@@ -54,6 +54,7 @@ OPTION_NAMES = frozenset(
         "PRIORITY_QUEUES",
         "DISPATCH_DEADLINE",
         "STORE_RESULTS",
+        "RESPONSE_ERROR_MESSAGES",
     }
 )
 _QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
@@ -78,6 +79,8 @@ class CloudTasksConfig:
     dispatch_deadline: timedelta | None
     emulator_host: str | None
     store_results: bool
+    # Whether the execute view's error answers carry the exception's message, not only its class.
+    response_error_messages: bool = False
 
     @property
     def attempt_deadline(self) -> timedelta:
@@ -158,6 +161,7 @@ class _Resolver:
             dispatch_deadline=self.dispatch_deadline(),
             emulator_host=emulator_host,
             store_results=self.store_results(),
+            response_error_messages=self.boolean("RESPONSE_ERROR_MESSAGES"),
         )
 
     def error(self, message: str) -> ImproperlyConfigured:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from django.tasks.exceptions import TaskException
 
-__all__ = ["CloudTasksError", "PayloadTooLarge"]
+__all__ = ["CloudTasksError", "PayloadTooLarge", "PermanentFailure"]
 
 
 class CloudTasksError(TaskException):
@@ -22,6 +22,14 @@ class CloudTasksError(TaskException):
 
 class PayloadTooLarge(TaskException, ValueError):
     """A task's arguments make it larger than Cloud Tasks accepts."""
+
+
+class PermanentFailure(Exception):
+    """Raise it from a task to fail it for good: recorded FAILED, and Cloud Tasks does not retry it.
+
+    For a failure that no retry can fix (a card declined, a record gone). Subclass it for your own
+    permanent errors; its class, not its message, is what the execute view answers.
+    """
 
 
 class Refused(Exception):

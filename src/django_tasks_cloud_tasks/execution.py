@@ -3,27 +3,42 @@
 Statuses go RUNNING → SUCCESSFUL or FAILED, ``task_started`` and ``task_finished`` are sent with
 the backend class as sender, an exception becomes a ``TaskError`` with its traceback, and the return
 value is normalised to JSON. The one difference is the attempt number, which comes from Cloud Tasks.
+
+What differs is what a failure means, because the view's answer decides whether Cloud Tasks runs
+the task again (``Outcome.retry``). The rule, written out in docs/failures.md: a task that raised
+is retried, unless it raised ``PermanentFailure`` or it was its ``max_attempts``-th attempt; a
+task that ran but returned what cannot be stored as JSON fails for good, since a retry would repeat
+its side effects and fail the same way; an interrupted async task (cancelled) records the
+interruption and lets the cancellation go on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from inspect import iscoroutinefunction
 from traceback import format_exception
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
 from django.tasks.base import TaskError
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
 
+from .attempts import max_attempts_of
+from .exceptions import PermanentFailure
 from .payload import Payload
+
+logger = logging.getLogger(__name__)
 
 # Stands in the worker ids for earlier attempts, whose workers this process cannot know.
 UNKNOWN_WORKER = "unknown"
@@ -111,18 +126,44 @@ def start(
     return result
 
 
-def run(sender: type, result: TaskResult[..., Any]) -> TaskResult[..., Any]:
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended: its result, and whether Cloud Tasks should run the task again."""
+
+    result: TaskResult[..., Any]
+    # Only a task that raised is retried, and not when it raised PermanentFailure or had used its
+    # max_attempts; never a task that ran but whose return value cannot be stored.
+    retry: bool = False
+    exception: BaseException | None = None  # Why it failed, if it did.
+
+
+def run(sender: type, result: TaskResult[..., Any]) -> Outcome:
     """Call the task function in this thread; async functions get an event loop of their own."""
-    with _recording(sender, result):
-        _succeeded(result, result.task.call(*_arguments(result), **result.kwargs))
-    return result
+    try:
+        value = result.task.call(*_arguments(result), **result.kwargs)
+    except Exception as exc:
+        return _failed(sender, result, exc)
+    return _returned(sender, result, value)
 
 
-async def arun(sender: type, result: TaskResult[..., Any]) -> TaskResult[..., Any]:
-    """Await an async task function natively; a sync one runs in a thread (``Task.acall``)."""
-    with _recording(sender, result):
-        _succeeded(result, await result.task.acall(*_arguments(result), **result.kwargs))
-    return result
+async def arun(sender: type, result: TaskResult[..., Any]) -> Outcome:
+    """Await an async task function on this event loop; a sync one runs in a thread.
+
+    A sync function cannot be interrupted, so it runs to its end and records its outcome even if
+    this coroutine is cancelled (a client gone at its dispatch deadline). An async one is
+    cancelled at its next ``await``: its result records the interruption, and the cancellation
+    goes on to the caller.
+    """
+    if not iscoroutinefunction(result.task.func):
+        return await asyncio.shield(sync_to_async(run)(sender, result))
+    try:
+        value = await result.task.func(*_arguments(result), **result.kwargs)
+    except asyncio.CancelledError as exc:
+        _failed(sender, result, exc)
+        raise
+    except Exception as exc:
+        return _failed(sender, result, exc)
+    return _returned(sender, result, value)
 
 
 def _arguments(result: TaskResult[..., Any]) -> list[Any]:
@@ -131,27 +172,33 @@ def _arguments(result: TaskResult[..., Any]) -> list[Any]:
     return result.args
 
 
-@contextmanager
-def _recording(sender: type, result: TaskResult[..., Any]) -> Iterator[None]:
-    """Record how the task call in the block ended, and announce it; only Ctrl-C escapes."""
+def _returned(sender: type, result: TaskResult[..., Any], value: Any) -> Outcome:
     try:
-        yield
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
-        _failed(sender, result, exc)
-    else:
-        task_finished.send(sender=sender, task_result=result)
-
-
-def _succeeded(result: TaskResult[..., Any], value: Any) -> None:
-    # Normalising may raise (a non-JSON return value), which fails the task like ImmediateBackend.
-    object.__setattr__(result, "_return_value", normalize_json(value))
+        value = normalize_json(value)
+        _check_storable(value)
+    except (TypeError, ValueError) as exc:
+        exc.add_note("The task ran, but its return value is not JSON: it is not retried.")
+        return _failed(sender, result, exc, retry=False)
+    object.__setattr__(result, "_return_value", value)
     object.__setattr__(result, "finished_at", timezone.now())
     object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+    task_finished.send(sender=sender, task_result=result)
+    return Outcome(result)
 
 
-def _failed(sender: type, result: TaskResult[..., Any], exc: BaseException) -> None:
+def _check_storable(value: Any) -> None:
+    """Refuse what JSON cannot hold but Python's json writes: NaN and the infinities."""
+    if value is None or type(value) in _PLAIN:
+        return
+    json.dumps(value, allow_nan=False)
+
+
+_PLAIN = frozenset({str, int, bool})
+
+
+def _failed(
+    sender: type, result: TaskResult[..., Any], exc: BaseException, retry: bool | None = None
+) -> Outcome:
     exception_type = type(exc)
     object.__setattr__(result, "finished_at", timezone.now())
     result.errors.append(
@@ -161,5 +208,46 @@ def _failed(sender: type, result: TaskResult[..., Any], exc: BaseException) -> N
         )
     )
     object.__setattr__(result, "status", TaskResultStatus.FAILED)
+    if retry is None:
+        retry = _retries(result, exc)
+    _log_failure(result, exc, retry)
     # Sent inside the except block, so receivers (Django's logger) see exc_info, as in Django.
     task_finished.send(sender=sender, task_result=result)
+    return Outcome(result, retry, exc)
+
+
+def _retries(result: TaskResult[..., Any], exc: BaseException) -> bool:
+    if isinstance(exc, PermanentFailure | asyncio.CancelledError):
+        return False  # Cloud Tasks retries an interrupted attempt on its own: it got no answer.
+    max_attempts = max_attempts_of(result.task)
+    return max_attempts is None or result.attempts < max_attempts
+
+
+def _log_failure(result: TaskResult[..., Any], exc: BaseException, retry: bool) -> None:
+    if isinstance(exc, asyncio.CancelledError):
+        level, what = logging.WARNING, "was interrupted (the request was cancelled)"
+    elif retry:
+        level, what = logging.WARNING, "failed; Cloud Tasks will retry it"
+    else:
+        level, what = logging.ERROR, "failed for good; it will not be retried"
+    logger.log(
+        level,
+        "Task %s (%s), attempt %d, %s.",
+        result.task.module_path,
+        result.id,
+        result.attempts,
+        what,
+        exc_info=exc,
+        extra=log_fields(result),
+    )
+
+
+def log_fields(result: TaskResult[..., Any]) -> dict[str, Any]:
+    """What a log line about an attempt carries as structured fields (``extra=``)."""
+    return {
+        "task_id": result.id,
+        "task_path": result.task.module_path,
+        "attempt": result.attempts,
+        "queue_name": result.task.queue_name,
+        "backend": result.backend,
+    }

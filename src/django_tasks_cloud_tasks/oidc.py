@@ -157,10 +157,21 @@ def _transport() -> google.auth.transport.requests.Request:
     return google.auth.transport.requests.Request()
 
 
-def verify(token: str, issuer: Issuer) -> Mapping[str, Any]:
-    """Check the signature, ``iat``/``exp`` and issuer of ``token``; return its claims.
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A token whose form was checked (``parse``), its signature not yet."""
 
-    The audience and identity are the caller's to check: they depend on which backend is asked.
+    claims: Mapping[str, Any]
+    key_id: str
+    signed: bytes  # The header and claims segments, as signed.
+    signature: bytes
+
+
+def parse(token: str) -> Token:
+    """Decode ``token`` and check its form and lifetime: all that needs no key.
+
+    A malformed token is refused here, whatever the state of the key cache, so that only a
+    well-formed one can make a request wait for, or fail on, fetching keys.
     """
     header, claims, signed, signature = _decode(token)
     if header.get("alg") != "RS256":
@@ -170,16 +181,26 @@ def verify(token: str, issuer: Issuer) -> Mapping[str, Any]:
     key_id = header.get("kid")
     if not isinstance(key_id, str):
         raise InvalidToken("the token names no key id")
-    verifier = certificates.verifier(issuer.certs_url, key_id)
-    if verifier is None:
-        raise InvalidToken(f"key id {_show(key_id)} is not one of the issuer's keys")
-    if not verifier.verify(signed, signature):
-        raise InvalidToken("the signature does not match the issuer's key")
     _check_lifetime(claims)
-    claimed_issuer = claims.get("iss")
+    return Token(claims=claims, key_id=key_id, signed=signed, signature=signature)
+
+
+def verify(token: str | Token, issuer: Issuer) -> Mapping[str, Any]:
+    """Check the signature, ``iat``/``exp`` and issuer of ``token``; return its claims.
+
+    The audience and identity are the caller's to check: they depend on which backend is asked.
+    """
+    if isinstance(token, str):
+        token = parse(token)
+    verifier = certificates.verifier(issuer.certs_url, token.key_id)
+    if verifier is None:
+        raise InvalidToken(f"key id {_show(token.key_id)} is not one of the issuer's keys")
+    if not verifier.verify(token.signed, token.signature):
+        raise InvalidToken("the signature does not match the issuer's key")
+    claimed_issuer = token.claims.get("iss")
     if not isinstance(claimed_issuer, str) or claimed_issuer not in issuer.names:
         raise InvalidToken(f"issuer {_show(claimed_issuer)} is not trusted")
-    return claims
+    return token.claims
 
 
 def _decode(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:

@@ -31,6 +31,14 @@ class InvalidPayload(Refused, ValueError):
         super().__init__(400, reason)
 
 
+def _refuse_constant(name: str) -> None:
+    raise InvalidPayload(f"body is not valid JSON ({name} is not a JSON value)")
+
+
+# Strict JSON, as the backend writes it: Python's json also reads NaN and Infinity.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 @dataclass(frozen=True, slots=True)
 class Payload:
     task_id: str
@@ -83,7 +91,9 @@ def decode(body: bytes) -> Payload:
     if len(body) > MAX_BODY_BYTES:
         raise InvalidPayload(f"body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        document = json.loads(body)
+        document = _DECODER.decode(body.decode())
+    except InvalidPayload:
+        raise
     except (ValueError, RecursionError) as exc:
         raise InvalidPayload(f"body is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(document, dict):

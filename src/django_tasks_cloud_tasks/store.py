@@ -27,7 +27,7 @@ from django.db import DatabaseError, IntegrityError, router, transaction
 from django.db.models import QuerySet
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.base import TaskError
-from django.tasks.exceptions import TaskResultDoesNotExist
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.utils import timezone
 
 from .execution import Attempt, Claim
@@ -239,31 +239,58 @@ def record_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
     """Write the outcome of the attempt that ``claimed`` the task: one statement.
 
     An attempt that overran its dispatch deadline may have been claimed over by a retry; the
-    row is the retry's then, and this late outcome is only logged. So is a failed write: the
-    task has run, and answering Cloud Tasks with an error would only make it run again.
+    row is the retry's then, and this late outcome is only logged. If the database refuses the
+    outcome (a value it cannot store), the task is recorded FAILED with the reason instead. If
+    even that fails (the database is down), the row keeps this attempt's claim, which expires at
+    its dispatch deadline: a later delivery may claim it again, and ``prune_task_results`` counts
+    it as abandoned after that. The task has run either way, and answering Cloud Tasks with an
+    error would only make it run again.
     """
+    database = router.db_for_write(TaskRecord)
     succeeded = result.status == TaskResultStatus.SUCCESSFUL
     errors = [
         {"exception_class_path": e.exception_class_path, "traceback": e.traceback}
         for e in result.errors
     ]
+    values = [result.status, result.finished_at, result.return_value if succeeded else None, errors]
+    where = [result.id, claimed.attempted_at]
     try:
-        updated = _RECORD_OUTCOME.execute(
-            router.db_for_write(TaskRecord),
-            [result.status, result.finished_at, result.return_value if succeeded else None, errors],
-            where=[result.id, claimed.attempted_at],
+        updated = _RECORD_OUTCOME.execute(database, values, where=where)
+    except DatabaseError as exc:
+        logger.warning(
+            "Task %s finished (%s) but the database refused its outcome; recording it FAILED.",
+            result.id,
+            result.status,
+            exc_info=True,
         )
-    except DatabaseError:
-        logger.exception(
-            "Task %s finished (%s) but its outcome could not be stored.", result.id, result.status
-        )
-        return
+        # Earlier attempts' errors are kept, this one's is replaced by why it cannot be stored.
+        errors = [*errors[: len(claimed.errors)], _unstorable(result.status, exc)]
+        values = [TaskResultStatus.FAILED, result.finished_at or timezone.now(), None, errors]
+        try:
+            updated = _RECORD_OUTCOME.execute(database, values, where=where)
+        except DatabaseError:
+            logger.exception(
+                "Task %s finished (%s) but no outcome could be stored; its row stays RUNNING "
+                "until its dispatch deadline passes.",
+                result.id,
+                result.status,
+            )
+            return
     if not updated:
         logger.warning(
             "Task %s finished (%s) after a later attempt claimed it; its outcome is not stored.",
             result.id,
             result.status,
         )
+
+
+def _unstorable(status: str, exc: DatabaseError) -> dict[str, str]:
+    kind = type(exc)
+    return {
+        "exception_class_path": f"{kind.__module__}.{kind.__qualname__}",
+        "traceback": f"The task finished ({status}), but the database refused its outcome "
+        f"({kind.__qualname__}); the server's log has the details.\n",
+    }
 
 
 async def arecord_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
@@ -275,7 +302,7 @@ def get_result(backend: str, result_id: str) -> TaskResult[..., Any]:
         record = TaskRecord.objects.get(pk=result_id, backend=backend)
     except TaskRecord.DoesNotExist:
         raise _does_not_exist(backend, result_id) from None
-    return record.to_task_result()
+    return _task_result(record)
 
 
 async def aget_result(backend: str, result_id: str) -> TaskResult[..., Any]:
@@ -283,7 +310,15 @@ async def aget_result(backend: str, result_id: str) -> TaskResult[..., Any]:
         record = await TaskRecord.objects.aget(pk=result_id, backend=backend)
     except TaskRecord.DoesNotExist:
         raise _does_not_exist(backend, result_id) from None
-    return record.to_task_result()
+    return _task_result(record)
+
+
+def _task_result(record: TaskRecord) -> TaskResult[..., Any]:
+    try:
+        return record.to_task_result()
+    except InvalidTask as exc:
+        # Django documents TaskResultDoesNotExist as get_result's one way to say "no such result".
+        raise TaskResultDoesNotExist(str(exc)) from exc
 
 
 def _does_not_exist(backend: str, result_id: str) -> TaskResultDoesNotExist:

@@ -7,18 +7,27 @@ This module is the HTTP edge and nothing else: it reads the request, hands each 
 (``auth`` for who may call, ``payload`` for the body, ``resolution`` for the task and its
 arguments, ``execution`` and ``store`` for running it) and turns the outcome into a response. A
 check that fails raises ``Refused``, answered in one place (``_refused``) with a 4xx and a reason;
-nothing has run then. Only a task that raised answers 500, which makes Cloud Tasks retry it.
+nothing has run then.
+
+The status code is a retry decision (docs/failures.md): 500 when a retry can fix it (the task
+raised; the server failed before the task ran), 2xx when the task succeeded or failed for good.
+Bodies name an exception's class only; the log has the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+from inspect import iscoroutinefunction
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
+from django.core.signals import got_request_exception
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
-from django.tasks import Task, TaskResult, TaskResultStatus
+from django.tasks import Task, TaskResultStatus
+from django.utils.log import log_message, request_logger
 from django.views.decorators.csrf import csrf_exempt
 
 from . import execution
@@ -58,36 +67,42 @@ class _Delivery:
 @transaction.non_atomic_requests
 def execute(request: HttpRequest) -> JsonResponse:
     """Runs a task in the request's thread; what WSGI servers (gunicorn) call."""
+    payload = None
     try:
-        delivery = _accept(request)
+        allowed = _allowed_backends(request)
+        payload = decode(request.body)
+        delivery = _delivery(request, payload, allowed)
+        if delivery.config.store_results:
+            return _execute_stored(delivery)
+        result = execution.start(delivery.backend_class, delivery.task, payload, delivery.attempt)
+        return _answer(execution.run(delivery.backend_class, result), delivery.config)
     except Refused as refusal:
-        return _refused(refusal)
-    if delivery.config.store_results:
-        return _execute_stored(delivery)
-    result = execution.start(
-        delivery.backend_class, delivery.task, delivery.payload, delivery.attempt
-    )
-    return _outcome(execution.run(delivery.backend_class, result))
+        return _refused(refusal, payload)
+    except Exception as exc:
+        return _server_fault(request, exc, payload)
 
 
 @csrf_exempt
 @transaction.non_atomic_requests
 async def aexecute(request: HttpRequest) -> JsonResponse:
     """Awaits async task functions on the server's event loop; what ASGI servers call."""
+    payload = None
     try:
-        delivery = _accept(request)
+        allowed = _allowed_backends(request)
+        payload = decode(request.body)
+        delivery = _delivery(request, payload, allowed)
+        if delivery.config.store_results:
+            return await _aexecute_stored(delivery)
+        result = execution.start(delivery.backend_class, delivery.task, payload, delivery.attempt)
+        return _answer(await execution.arun(delivery.backend_class, result), delivery.config)
     except Refused as refusal:
-        return _refused(refusal)
-    if delivery.config.store_results:
-        return await _aexecute_stored(delivery)
-    result = execution.start(
-        delivery.backend_class, delivery.task, delivery.payload, delivery.attempt
-    )
-    return _outcome(await execution.arun(delivery.backend_class, result))
+        return _refused(refusal, payload)
+    except Exception as exc:
+        return _server_fault(request, exc, payload)
 
 
-def _accept(request: HttpRequest) -> _Delivery:
-    """Authenticate, parse and resolve the request, or raise ``Refused`` saying why not."""
+def _allowed_backends(request: HttpRequest) -> frozenset[str]:
+    """The backends this request may run tasks for, checked before its body is read."""
     if request.method != "POST":
         raise Refused(
             405,
@@ -96,28 +111,66 @@ def _accept(request: HttpRequest) -> _Delivery:
         )
     if _declared_length(request) > MAX_BODY_BYTES:
         raise Refused(413, f"body is larger than Cloud Tasks' {MAX_BODY_BYTES} byte task limit")
-    backends = cloud_tasks_backends()
-    allowed = authenticate(request, backends.policy)
-    payload = decode(request.body)
-    try:
-        backend = backends.permitted(payload.backend, allowed)
-        attempt = _attempt(request)
-        task = task_as_enqueued(
-            payload.task_path, payload.backend, payload.queue_name, payload.priority
-        )
-        check_arguments(task, payload)
-    except Refused as refusal:
-        refusal.task_id = payload.task_id
-        raise
+    return authenticate(request, cloud_tasks_backends().policy)
+
+
+def _delivery(request: HttpRequest, payload: Payload, allowed: frozenset[str]) -> _Delivery:
+    """The task the payload names, for a backend the request may use, or ``Refused``."""
+    backend = cloud_tasks_backends().permitted(payload.backend, allowed)
+    attempt = _attempt(request)
+    task = task_as_enqueued(
+        payload.task_path, payload.backend, payload.queue_name, payload.priority
+    )
+    check_arguments(task, payload)
     return _Delivery(type(backend), task, payload, attempt, backend.config)
 
 
-def _refused(refusal: Refused) -> JsonResponse:
+def _refused(refusal: Refused, payload: Payload | None) -> JsonResponse:
     logger.warning("Refused a task request (%s): %s", refusal.status, refusal.reason)
     body = {"status": "refused", "reason": refusal.reason}
-    if refusal.task_id:
-        body["task_id"] = refusal.task_id
+    if payload is not None:
+        body["task_id"] = payload.task_id
     return JsonResponse(body, status=refusal.status, headers=refusal.headers)
+
+
+def _server_fault(request: HttpRequest, exc: Exception, payload: Payload | None) -> JsonResponse:
+    """Answer 500 (Cloud Tasks retries), with the traceback in Django's error log, not the body.
+
+    The task did not run: the fault came before it (a task module that fails to import, the
+    database down when claiming) or from this package itself.
+    """
+    response = JsonResponse(
+        {
+            "status": "error",
+            **({"task_id": payload.task_id} if payload else {}),
+            "error": _class_name(exc),
+            "reason": "the server failed before the task ran; Cloud Tasks will retry it",
+        },
+        status=500,
+    )
+    fields: dict[str, Any] = {"attempt": _attempt_number(request)}
+    if payload is not None:
+        fields |= {
+            "task_id": payload.task_id,
+            "task_path": payload.task_path,
+            "queue_name": payload.queue_name,
+            "backend": payload.backend,
+        }
+    # Where Django reports an uncaught exception: its request logger (mail_admins, the console)
+    # and the signal error trackers listen to.
+    log_message(
+        request_logger,
+        "Cloud Tasks execute view: %s before task %s ran",
+        _class_name(exc),
+        fields.get("task_path", "(unknown)"),
+        status_code=500,
+        request=request,
+        exception=exc,
+        **fields,
+    )
+    response._has_been_logged = True  # type: ignore[attr-defined]  # Django's own flag.
+    got_request_exception.send(sender=None, request=request)
+    return response
 
 
 # With STORE_RESULTS, an attempt first claims the task in the store (which imports the models, so
@@ -130,11 +183,18 @@ def _execute_stored(delivery: _Delivery) -> JsonResponse:
     claim = store.claim(delivery.payload, delivery.attempt, delivery.config.attempt_deadline)
     if not isinstance(claim, execution.Claim):
         return _not_run(claim)
+    return _answer(_run_claimed(delivery, claim), delivery.config)
+
+
+def _run_claimed(delivery: _Delivery, claim: execution.Claim) -> execution.Outcome:
+    from . import store
+
     result = execution.start(
         delivery.backend_class, delivery.task, delivery.payload, delivery.attempt, claim
     )
-    store.record_finished(execution.run(delivery.backend_class, result), claim)
-    return _outcome(result)
+    outcome = execution.run(delivery.backend_class, result)
+    store.record_finished(outcome.result, claim)
+    return outcome
 
 
 async def _aexecute_stored(delivery: _Delivery) -> JsonResponse:
@@ -143,11 +203,24 @@ async def _aexecute_stored(delivery: _Delivery) -> JsonResponse:
     claim = await store.aclaim(delivery.payload, delivery.attempt, delivery.config.attempt_deadline)
     if not isinstance(claim, execution.Claim):
         return _not_run(claim)
+    if not iscoroutinefunction(delivery.task.func):
+        # Run and record in one thread hop, shielded: a sync task cannot be interrupted, so if
+        # the client goes (its dispatch deadline), it still runs to its end and its outcome is
+        # recorded; a retry then finds it done instead of running it again.
+        run_claimed = sync_to_async(_run_claimed)
+        outcome = await asyncio.shield(run_claimed(delivery, claim))
+        return _answer(outcome, delivery.config)
     result = execution.start(
         delivery.backend_class, delivery.task, delivery.payload, delivery.attempt, claim
     )
-    await store.arecord_finished(await execution.arun(delivery.backend_class, result), claim)
-    return _outcome(result)
+    try:
+        outcome = await execution.arun(delivery.backend_class, result)
+    except asyncio.CancelledError:
+        # Recorded as an interrupted attempt (see execution.arun); the cancellation goes on.
+        await asyncio.shield(store.arecord_finished(result, claim))
+        raise
+    await store.arecord_finished(outcome.result, claim)
+    return _answer(outcome, delivery.config)
 
 
 def _not_run(verdict: AlreadySucceeded | StillRunning) -> JsonResponse:
@@ -165,12 +238,32 @@ def _not_run(verdict: AlreadySucceeded | StillRunning) -> JsonResponse:
     return response
 
 
-def _outcome(result: TaskResult[..., Any]) -> JsonResponse:
-    # Not `if result.errors`: with a result store they include earlier attempts' errors.
-    if result.status == TaskResultStatus.FAILED:
-        error = result.errors[-1].traceback.rstrip().rpartition("\n")[2]
+def _answer(outcome: execution.Outcome, config: CloudTasksConfig) -> JsonResponse:
+    """200 when the task succeeded or failed for good, 500 when a retry may fix it."""
+    result = outcome.result
+    if result.status == TaskResultStatus.SUCCESSFUL:
+        return JsonResponse({"status": "success", "task_id": result.id})
+    # The exception's class only: Cloud Tasks keeps response bodies in its logs, and a message can
+    # carry anything. The log line has the whole traceback.
+    assert outcome.exception is not None
+    error = _class_name(outcome.exception)
+    if config.response_error_messages:
+        error = f"{error}: {outcome.exception}"
+    if outcome.retry:
         return JsonResponse({"status": "error", "task_id": result.id, "error": error}, status=500)
-    return JsonResponse({"status": "success", "task_id": result.id})
+    return JsonResponse({"status": "failed", "task_id": result.id, "error": error})
+
+
+def _class_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _attempt_number(request: HttpRequest) -> int | None:
+    retries = request.META.get(RETRY_COUNT_META, "0")
+    return int(retries) + 1 if retries.isdecimal() and len(retries) < 10 else None
 
 
 def _declared_length(request: HttpRequest) -> int:

@@ -1,6 +1,11 @@
 """``manage.py prune_task_results --older-than 7d``: delete finished results from the store.
 
 Deletes in batches, so that a large backlog never holds a long lock or one huge transaction.
+
+A RUNNING row whose attempt started longer ago than the age given, and longer ago than the longest
+dispatch deadline Cloud Tasks allows (30 minutes), is abandoned: its attempt's outcome could not be
+written (the database was down), and Cloud Tasks stopped waiting for it long ago. It is pruned with
+the FAILED results.
 Run it on a schedule (Cloud Scheduler + a Cloud Run job, or cron).
 """
 
@@ -11,9 +16,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Q
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 
+from django_tasks_cloud_tasks.config import MAX_DISPATCH_DEADLINE
 from django_tasks_cloud_tasks.models import TaskRecord
 
 FINISHED = (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
@@ -33,7 +40,10 @@ def parse_age(text: str) -> timedelta:
 
 
 class Command(BaseCommand):
-    help = "Delete finished task results (SUCCESSFUL or FAILED) older than an age, in batches."
+    help = (
+        "Delete finished task results (SUCCESSFUL or FAILED), and abandoned RUNNING ones, older "
+        "than an age, in batches."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -46,7 +56,8 @@ class Command(BaseCommand):
             "--status",
             action="append",
             choices=[status.value for status in FINISHED],
-            help="Delete only results with this status (repeatable; default: both).",
+            help="Delete only results with this status (repeatable; default: both). FAILED "
+            "includes abandoned RUNNING results.",
         )
         parser.add_argument(
             "--batch-size",
@@ -63,10 +74,19 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1.")
-        cutoff = timezone.now() - parse_age(options["older_than"])
+        now = timezone.now()
+        cutoff = now - parse_age(options["older_than"])
         statuses = options["status"] or [status.value for status in FINISHED]
-        prunable = TaskRecord.objects.filter(status__in=statuses, finished_at__lt=cutoff)
+        condition = Q(status__in=statuses, finished_at__lt=cutoff)
+        if TaskResultStatus.FAILED in statuses:
+            condition |= Q(
+                status=TaskResultStatus.RUNNING,
+                last_attempted_at__lt=min(cutoff, now - MAX_DISPATCH_DEADLINE),
+            )
+        prunable = TaskRecord.objects.filter(condition)
         described = f"{' or '.join(statuses)} task results finished before {cutoff.isoformat()}"
+        if TaskResultStatus.FAILED in statuses:
+            described += ", and abandoned RUNNING ones"
         if options["dry_run"]:
             self.stdout.write(f"Would delete {prunable.count()} {described} (dry run).")
             return
