@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.tasks import TaskContext, task
+
+from django_tasks_cloud_tasks import PermanentFailure
 
 
 @dataclass(frozen=True)
@@ -160,3 +163,48 @@ def user_exists(username: str) -> bool:
     exists = User.objects.filter(username=username).exists()
     recorder.record(Call("user_exists", (username,), {"exists": exists}))
     return exists
+
+
+class CardDeclined(PermanentFailure):
+    """A failure no retry can fix."""
+
+
+@task
+def declines_the_card() -> None:
+    recorder.record(Call("declines_the_card"))
+    raise CardDeclined("card 4242 declined")
+
+
+@task(max_attempts=2, takes_context=True)
+def fails_twice_at_most(context: TaskContext) -> None:
+    _record_context("fails_twice_at_most", context)
+    raise RuntimeError("secret=hunter2")
+
+
+@task
+def returns_a_set() -> object:
+    recorder.record(Call("returns_a_set"))
+    return {1, 2}
+
+
+@task
+def returns_nan() -> float:
+    recorder.record(Call("returns_nan"))
+    return float("nan")
+
+
+@task
+def returns_a_nul_character() -> str:
+    """PostgreSQL's JSON cannot hold U+0000; SQLite's can."""
+    recorder.record(Call("returns_a_nul_character"))
+    return "nul \x00 here"
+
+
+@task(takes_context=True)
+async def async_slow_on_first_attempt(context: TaskContext, seconds: float) -> int:
+    """Awaits ``seconds`` on its first attempt, long enough to be interrupted; then finishes."""
+    _record_context("async_slow_started", context, seconds)
+    if context.attempt == 1:
+        await asyncio.sleep(seconds)
+    recorder.record(Call("async_slow_finished", attempt=context.attempt))
+    return context.attempt

@@ -108,3 +108,24 @@ def test_ages(text: str, age: timedelta) -> None:
 def test_bad_arguments_are_refused(args: list[str], message: str) -> None:
     with pytest.raises(CommandError, match=message):
         prune(*args)
+
+
+def test_running_results_abandoned_long_ago_are_pruned_with_the_failed_ones() -> None:
+    """A RUNNING row whose outcome could never be written does not stay forever."""
+    now = timezone.now()
+    TaskRecord.objects.bulk_create(
+        TaskRecord(id=task_id, task_path="tests.tasks.add", status=RUNNING, last_attempted_at=at)
+        for task_id, at in [
+            ("abandoned", now - timedelta(days=8)),
+            ("within-the-age", now - timedelta(hours=1)),
+            ("within-a-dispatch-deadline", now - timedelta(minutes=5)),
+        ]
+    )
+
+    prune("--older-than", "10m", "--status", "SUCCESSFUL")
+    assert "abandoned" in remaining()
+
+    output = prune("--older-than", "2h")
+
+    assert remaining() == ["within-a-dispatch-deadline", "within-the-age"]
+    assert "abandoned RUNNING ones" in output
