@@ -261,11 +261,6 @@ def _class_name(exc: BaseException) -> str:
     )
 
 
-def _attempt_number(request: HttpRequest) -> int | None:
-    retries = request.META.get(RETRY_COUNT_META, "0")
-    return int(retries) + 1 if retries.isdecimal() and len(retries) < 10 else None
-
-
 def _declared_length(request: HttpRequest) -> int:
     try:
         return int(request.META.get("CONTENT_LENGTH") or 0)
@@ -274,11 +269,19 @@ def _declared_length(request: HttpRequest) -> int:
 
 
 def _attempt(request: HttpRequest) -> execution.Attempt:
+    number = _attempt_number(request)
+    if number is None:
+        retries = request.META[RETRY_COUNT_META]
+        raise Refused(400, f"{RETRY_COUNT_HEADER} must be a whole number, not {retries[:20]!r}")
+    return execution.Attempt(number=number, task_name=request.META.get(TASK_NAME_META))
+
+
+def _attempt_number(request: HttpRequest) -> int | None:
+    """X-CloudTasks-TaskRetryCount + 1; None if the header is not a whole number."""
     # META, not request.headers: building the headers mapping costs more than the rest of this.
-    task_name = request.META.get(TASK_NAME_META)
     retries = request.META.get(RETRY_COUNT_META)
     if retries is None:
-        return execution.Attempt(number=1, task_name=task_name)
+        return 1
     if not (retries.isdecimal() and len(retries) < 10):
-        raise Refused(400, f"{RETRY_COUNT_HEADER} must be a whole number, not {retries[:20]!r}")
-    return execution.Attempt(number=int(retries) + 1, task_name=task_name)
+        return None
+    return int(retries) + 1
