@@ -19,6 +19,7 @@ import pytest
 import requests
 from django.conf import settings
 from django.core import checks
+from django.db import OperationalError
 from django.tasks import Task, TaskResult, TaskResultStatus, default_task_backend
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 
@@ -231,6 +232,26 @@ def test_a_task_module_that_fails_to_import_is_a_server_fault_with_its_traceback
     assert record.exc_info is not None
     assert record.exc_info[0].__name__ == error
     assert (record.task_path, record.attempt) == (task_path, 3)
+
+
+def test_a_database_down_when_claiming_is_a_server_fault_and_the_retry_runs_the_task(
+    stored: CloudTasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_tasks_cloud_tasks import store
+
+    def database_down(*args: Any) -> None:
+        raise OperationalError("could not connect to server")  # What cannot be staged here.
+
+    document = body(task_id="claimed-while-down")
+    with monkeypatch.context() as outage:
+        outage.setattr(store, "_claim_ready", database_down)
+        failed = deliver(stored.handler_host, document)
+    retried = deliver(stored.handler_host, document, retries=1)
+
+    assert failed.status_code == 500
+    assert failed.json()["error"] == "django.db.utils.OperationalError"
+    assert retried.status_code == 200
+    assert side_effects("add") == 1
 
 
 # --- The dispatch deadline passed: Cloud Tasks hung up ----------------------------------------
