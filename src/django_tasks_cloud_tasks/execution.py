@@ -39,6 +39,7 @@ from .exceptions import PermanentFailure
 from .payload import Payload
 
 logger = logging.getLogger(__name__)
+_PLAIN_JSON = frozenset({str, int, bool})
 
 # Stands in the worker ids for earlier attempts, whose workers this process cannot know.
 UNKNOWN_WORKER = "unknown"
@@ -188,12 +189,9 @@ def _returned(sender: type, result: TaskResult[..., Any], value: Any) -> Outcome
 
 def _check_storable(value: Any) -> None:
     """Refuse what JSON cannot hold but Python's json writes: NaN and the infinities."""
-    if value is None or type(value) in _PLAIN:
-        return
+    if value is None or type(value) in _PLAIN_JSON:
+        return  # The usual return values, checked without encoding them.
     json.dumps(value, allow_nan=False)
-
-
-_PLAIN = frozenset({str, int, bool})
 
 
 def _failed(
@@ -238,16 +236,25 @@ def _log_failure(result: TaskResult[..., Any], exc: BaseException, retry: bool) 
         result.attempts,
         what,
         exc_info=exc,
-        extra=log_fields(result),
+        extra=log_fields(
+            task_id=result.id,
+            task_path=result.task.module_path,
+            attempt=result.attempts,
+            queue_name=result.task.queue_name,
+            backend=result.backend,
+        ),
     )
 
 
-def log_fields(result: TaskResult[..., Any]) -> dict[str, Any]:
-    """What a log line about an attempt carries as structured fields (``extra=``)."""
+def log_fields(
+    *, task_id: str, task_path: str, attempt: int | None, queue_name: str, backend: str
+) -> dict[str, Any]:
+    """The structured fields (``extra=``) of a log line about an attempt, so that Cloud Logging
+    can filter on them: one set of names wherever an attempt is logged."""
     return {
-        "task_id": result.id,
-        "task_path": result.task.module_path,
-        "attempt": result.attempts,
-        "queue_name": result.task.queue_name,
-        "backend": result.backend,
+        "task_id": task_id,
+        "task_path": task_path,
+        "attempt": attempt,
+        "queue_name": queue_name,
+        "backend": backend,
     }

@@ -150,12 +150,13 @@ def _server_fault(request: HttpRequest, exc: Exception, payload: Payload | None)
     )
     fields: dict[str, Any] = {"attempt": _attempt_number(request)}
     if payload is not None:
-        fields |= {
-            "task_id": payload.task_id,
-            "task_path": payload.task_path,
-            "queue_name": payload.queue_name,
-            "backend": payload.backend,
-        }
+        fields = execution.log_fields(
+            task_id=payload.task_id,
+            task_path=payload.task_path,
+            attempt=fields["attempt"],
+            queue_name=payload.queue_name,
+            backend=payload.backend,
+        )
     # Where Django reports an uncaught exception: its request logger (mail_admins, the console)
     # and the signal error trackers listen to.
     log_message(
