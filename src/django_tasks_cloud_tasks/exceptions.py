@@ -46,4 +46,3 @@ class Refused(Exception):
         self.status = status
         self.reason = reason
         self.headers = headers
-        self.task_id: str | None = None  # Set once the body is parsed, so the answer can name it.
