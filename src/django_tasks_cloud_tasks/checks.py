@@ -7,10 +7,13 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
-from django.tasks import task_backends
+from django.tasks import Task, task_backends
+from django.tasks.exceptions import InvalidTask
 from django.urls import Resolver404, resolve
+from django.utils.module_loading import import_string
 
 from .backend import CloudTasksBackend
+from .declarations import ScheduleDeclaration
 
 
 @checks.register(checks.Tags.security, deploy=True)
@@ -67,6 +70,71 @@ def check_handler_path_routes_to_the_view(**kwargs: Any) -> list[checks.CheckMes
                 )
             )
     return messages
+
+
+@checks.register(checks.Tags.urls)
+def check_schedules(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Each schedule names a Task its backend accepts, and Scheduler can reach the endpoint."""
+    from .periodic import enqueue_scheduled
+
+    messages: list[checks.CheckMessage] = []
+    seen: dict[str, str] = {}
+    for alias, backend in _backends():
+        config = backend.config
+        if config.schedules:
+            try:
+                routed = resolve(config.schedule_url("x").removeprefix(config.handler_host))
+                routed_ok = routed.func is enqueue_scheduled
+            except Resolver404:
+                routed_ok = False
+            if not routed_ok:
+                messages.append(
+                    checks.Error(
+                        f"TASKS[{alias!r}] declares SCHEDULES, but "
+                        f"{config.schedule_handler_path}<name>/ does not route to the schedule "
+                        "endpoint.",
+                        hint="Add path('cloudtasks/', include('django_tasks_cloud_tasks.urls')) "
+                        "to the URLconf, or set SCHEDULE_HANDLER_PATH to where you mounted it.",
+                        id="django_tasks_cloud_tasks.E002",
+                    )
+                )
+        for schedule in config.schedules:
+            where = f"TASKS[{alias!r}]['OPTIONS']['SCHEDULES'][{schedule.name!r}]"
+            problem = _schedule_problem(alias, schedule)
+            if schedule.name in seen:
+                problem = (
+                    f"has the same name as a schedule of TASKS[{seen[schedule.name]!r}]: both "
+                    "would be one Cloud Scheduler job"
+                )
+            seen.setdefault(schedule.name, alias)
+            if problem:
+                messages.append(
+                    checks.Error(
+                        f"{where} {problem}.",
+                        hint="Fix the entry; schedules are declared in the backend's OPTIONS.",
+                        id="django_tasks_cloud_tasks.E003",
+                    )
+                )
+    return messages
+
+
+def _schedule_problem(alias: str, schedule: ScheduleDeclaration) -> str | None:
+    try:
+        task = import_string(schedule.task)
+    except ImportError as exc:
+        return f"names task {schedule.task!r}, which cannot be imported ({exc})"
+    if not isinstance(task, Task):
+        return f"names {schedule.task!r}, which is not a Task (decorate it with @task)"
+    changes: dict[str, Any] = {"backend": alias}
+    if schedule.queue_name is not None:
+        changes["queue_name"] = schedule.queue_name
+    if schedule.priority is not None:
+        changes["priority"] = schedule.priority
+    try:
+        task.using(**changes)
+    except InvalidTask as exc:
+        return f"cannot run on this backend: {exc}"
+    return None
 
 
 def _backends() -> list[tuple[str, CloudTasksBackend]]:

@@ -210,11 +210,10 @@ class JobStore:
             self.attempts.append(attempt)
             if self.jobs.get(str(entry.job.name)) is not entry:
                 return  # deleted meanwhile
-            entry.job = Job(
-                entry.job,
-                status=status_pb2.Status(code=code),
-                last_attempt_time=timestamp(attempt.started_at),
-            )
+            job = Job(entry.job, last_attempt_time=timestamp(attempt.started_at))
+            # CopyFrom, not a keyword argument: that would merge, and code 0 would not stick.
+            Job.pb(job).status.CopyFrom(status_pb2.Status(code=code))
+            entry.job = job
             if run.forced:
                 self.changed.notify_all()
                 return
