@@ -304,3 +304,12 @@ def test_a_paused_job_is_never_due() -> None:
     assert store.take_due(_at("2026-06-01T13:00:00+00:00")) == []
     store.resume(job.name, _at("2026-06-01T13:00:00+00:00"))
     assert len(store.take_due(_at("2026-06-01T13:01:00+00:00"))) == 1
+
+
+def test_update_queue_without_a_mask_replaces_every_field(
+    em: Emulator, tasks: tasks_v2.CloudTasksClient
+) -> None:
+    name = em.create_queue("update-all", max_attempts=9, max_dispatches_per_second=20).name
+    updated = tasks.update_queue(queue={"name": name, "retry_config": {"max_attempts": 2}})
+    assert updated.retry_config.max_attempts == 2
+    assert updated.rate_limits.max_dispatches_per_second == 500  # left out: the default

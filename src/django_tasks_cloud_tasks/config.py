@@ -32,8 +32,6 @@ from .declarations import (
 
 DEFAULT_HANDLER_PATH = "/cloudtasks/execute/"
 DEFAULT_SCHEDULE_PATH = "/cloudtasks/schedule/"
-# What Cloud Tasks gives a queue whose retry_config sets no max_attempts.
-DEFAULT_MAX_ATTEMPTS = 100
 # Cloud Tasks accepts dispatch deadlines for HTTP targets in this range.
 MIN_DISPATCH_DEADLINE = timedelta(seconds=15)
 MAX_DISPATCH_DEADLINE = timedelta(minutes=30)

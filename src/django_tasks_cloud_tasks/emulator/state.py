@@ -93,16 +93,15 @@ class Store:
                     created, settings, TokenBucket(settings.rate, settings.burst)
                 )
                 return created
-            updated = tasks_v2.Queue(entry.queue)
             if paths:
+                updated = tasks_v2.Queue(entry.queue)
                 FieldMask(paths=paths).MergeMessage(
                     tasks_v2.Queue.pb(queue),
                     tasks_v2.Queue.pb(updated),
                     replace_message_field=True,
                 )
-            else:
-                updated.rate_limits = queue.rate_limits
-                updated.retry_config = queue.retry_config
+            else:  # Every field is replaced; what the request leaves out gets its default.
+                updated = tasks_v2.Queue(queue, purge_time=entry.queue.purge_time)
             state = entry.queue.state
             settings = configure(updated)  # marks the queue RUNNING...
             tasks_v2.Queue.pb(updated).state = state  # ...which an update must not do.
