@@ -163,3 +163,19 @@ def test_the_schedules_command_lists_next_run_times(settings: Any) -> None:
     assert len(runs) == 2
     assert all((run.hour, run.minute) == (3, 0) for run in runs)
     assert runs[1] - runs[0] == timedelta(days=1)
+
+
+def test_the_schedule_path_must_end_with_a_slash() -> None:
+    with pytest.raises(ImproperlyConfigured, match="SCHEDULE_HANDLER_PATH '/hooks' must end"):
+        resolve(SCHEDULE_HANDLER_PATH="/hooks")
+
+
+def test_the_system_check_reports_a_schedule_path_that_does_not_route(settings: Any) -> None:
+    settings.TASKS = {
+        "default": {
+            "BACKEND": "django_tasks_cloud_tasks.CloudTasksBackend",
+            "OPTIONS": {**BASE, "SCHEDULES": schedule(), "SCHEDULE_HANDLER_PATH": "/elsewhere/"},
+        }
+    }
+    ids = [m.id for m in checks.run_checks(tags=[checks.Tags.urls])]
+    assert "django_tasks_cloud_tasks.E002" in ids

@@ -83,8 +83,7 @@ def check_schedules(**kwargs: Any) -> list[checks.CheckMessage]:
         config = backend.config
         if config.schedules:
             try:
-                routed = resolve(config.schedule_url("x").removeprefix(config.handler_host))
-                routed_ok = routed.func is enqueue_scheduled
+                routed_ok = resolve(f"{config.schedule_handler_path}x/").func is enqueue_scheduled
             except Resolver404:
                 routed_ok = False
             if not routed_ok:

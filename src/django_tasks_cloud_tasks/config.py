@@ -196,7 +196,7 @@ class _Resolver:
             store_results=self.store_results(),
             queues=self.declared(parse_queues, "CLOUD_TASKS_QUEUES"),
             schedules=self.declared(parse_schedules, "SCHEDULES"),
-            schedule_handler_path=self.path("SCHEDULE_HANDLER_PATH", DEFAULT_SCHEDULE_PATH),
+            schedule_handler_path=self.schedule_handler_path(),
             scheduler_location=self.scheduler_location(location),
         )
 
@@ -302,6 +302,14 @@ class _Resolver:
         if not path.startswith("/"):
             raise self.error(f"{name} {path!r} must start with '/'.")
         return str(path)
+
+    def schedule_handler_path(self) -> str:
+        path = self.path("SCHEDULE_HANDLER_PATH", DEFAULT_SCHEDULE_PATH)
+        if not path.endswith("/"):
+            raise self.error(
+                f"SCHEDULE_HANDLER_PATH {path!r} must end with '/': the schedule's name follows it."
+            )
+        return path
 
     def declared[T](self, parse: Callable[[object], T], name: str) -> T:
         try:

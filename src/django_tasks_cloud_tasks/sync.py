@@ -108,7 +108,10 @@ def project_backends(
     found = []
     tasks: dict[str, dict[str, Any]] = settings.TASKS
     for alias, params in tasks.items():
-        is_ours = issubclass(import_string(params["BACKEND"]), CloudTasksBackend)
+        try:
+            is_ours = issubclass(import_string(params["BACKEND"]), CloudTasksBackend)
+        except ImportError as exc:
+            raise ValueError(f"TASKS[{alias!r}]['BACKEND'] cannot be imported: {exc}") from exc
         if aliases and alias not in aliases:
             continue
         if not is_ours:
