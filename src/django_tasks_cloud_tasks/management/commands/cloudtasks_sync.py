@@ -7,7 +7,8 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from google.api_core.exceptions import GoogleAPICallError, PermissionDenied
+from google.api_core.exceptions import GoogleAPIError, PermissionDenied
+from google.auth.exceptions import DefaultCredentialsError
 
 from django_tasks_cloud_tasks import client, sync
 
@@ -61,9 +62,14 @@ class Command(BaseCommand):
         needs_scheduler = options["delete_schedules"] or any(c.schedules for _, c, _ in backends)
         try:
             scheduler = sync.scheduler_client(emulator_host) if needs_scheduler else None
+            tasks = client.sync_client(emulator_host)
         except ImportError as exc:
             raise CommandError(str(exc)) from exc
-        tasks = client.sync_client(emulator_host)
+        except DefaultCredentialsError as exc:
+            raise CommandError(
+                f"No Google Cloud credentials ({exc}). Run `gcloud auth application-default "
+                "login`, or set CLOUD_TASKS_EMULATOR_HOST to sync the emulator."
+            ) from exc
         pairs = [(config, queues) for _, config, queues in backends]
         try:
             plan = sync.plan(
@@ -78,7 +84,7 @@ class Command(BaseCommand):
                 self.stdout.write("Applied.")
         except PermissionDenied as exc:
             raise CommandError(f"{exc.message} {IAM_HINT}") from exc
-        except GoogleAPICallError as exc:
+        except GoogleAPIError as exc:
             raise CommandError(f"Cloud Tasks or Cloud Scheduler refused: {exc}") from exc
         if options["check"] and plan:
             raise CommandError("Drift: the queues or schedules differ from the settings.")
