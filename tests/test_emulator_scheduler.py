@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -313,3 +314,35 @@ def test_update_queue_without_a_mask_replaces_every_field(
     updated = tasks.update_queue(queue={"name": name, "retry_config": {"max_attempts": 2}})
     assert updated.retry_config.max_attempts == 2
     assert updated.rate_limits.max_dispatches_per_second == 500  # left out: the default
+
+
+def test_max_retry_duration_keeps_retrying_past_retry_count() -> None:
+    store = JobStore()
+    job = _job("0 * * * *", retry_config={"retry_count": 0, "max_retry_duration": {"seconds": 60}})
+    store.create(PARENT, job, _at("2026-06-01T11:59:00+00:00"))
+    (run,) = store.take_due(_at("2026-06-01T12:00:00+00:00"))
+    store.finish(run, _attempt(500, 0), _at("2026-06-01T12:00:01+00:00"), timed_out=False)
+    # Default backoff 5 s: retried while the minute lasts, though retry_count is 0.
+    (retry,) = store.take_due(_at("2026-06-01T12:00:06+00:00"))
+    assert retry.retry == 1
+    store.finish(retry, _attempt(500, 0), _at("2026-06-01T12:01:01+00:00"), timed_out=False)
+    assert store.take_due(_at("2026-06-01T12:59:59+00:00")) == []
+
+
+def test_the_runner_fires_a_job_when_its_cron_slot_comes(
+    em: Emulator, scheduler: scheduler_v1.CloudSchedulerClient, target: Target
+) -> None:
+    job = new_job(scheduler, target.url("/cron"), schedule="0 0 1 1 *")
+    # The next slot is months away: bring it to now, as the clock would.
+    jobs = em._jobs
+    with jobs.changed:
+        jobs.jobs[job.name].next_slot = time.time()
+        jobs.changed.notify_all()
+
+    (hit,) = target.wait_for_hits(1, "/cron", timeout=10)
+    assert "X-CloudScheduler-ScheduleTime" in hit.headers
+    assert wait_until(lambda: len(attempts_of(em, job)) == 1)
+    (attempt,) = attempts_of(em, job)
+    assert attempt.schedule_time is not None
+    # The slot after it is the real next 1 January.
+    assert scheduler.get_job(name=job.name).schedule_time.month == 1

@@ -4,9 +4,9 @@ Cron expressions are evaluated by ``cronsim`` in the job's time zone, which foll
 (as Cloud Scheduler's unix-cron does) through daylight-saving changes. The rules copied from
 Cloud Scheduler (``scheduler_v1`` docstrings): a job never has two scheduled runs outstanding (a
 slot that comes due while one runs waits for it), ``RunJob`` starts a run at once even if one is
-under way, a failed run is retried ``retry_config.retry_count`` times with the configured backoff
-but never past the next slot, and a job's ``status``, ``last_attempt_time`` and ``schedule_time``
-tell how its last run went and when the next one is.
+under way, a failed run is retried until both ``retry_count`` and ``max_retry_duration`` are used
+up, with the configured backoff, but never past the next slot, and a job's ``status``,
+``last_attempt_time`` and ``schedule_time`` tell how its last run went and when the next one is.
 
 Every method takes the current time, so the timing rules are testable without waiting a minute.
 """
@@ -33,7 +33,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import status_pb2
 
 from .clock import timestamp
-from .retry import retry_delay
+from .retry import gives_up, retry_delay
 
 Job = scheduler_v1.Job
 State = scheduler_v1.Job.State
@@ -67,6 +67,7 @@ class JobEntry:
     next_slot: float | None = None  # the next cron time, epoch seconds
     slot: float | None = None  # the slot being run or retried
     retries: int = 0
+    slot_began: float = 0.0  # when the slot's first attempt started
     retry_at: float | None = None
     running: bool = False
 
@@ -189,7 +190,7 @@ class JobStore:
                 if due is None or due > now:
                     continue
                 if entry.retry_at is None:  # a new slot, not a retry of the last one
-                    entry.slot, entry.retries = entry.next_slot, 0
+                    entry.slot, entry.retries, entry.slot_began = entry.next_slot, 0, now
                     entry.next_slot = _next_slot(entry.job, now)
                 entry.retry_at = None
                 entry.running = True
@@ -219,7 +220,13 @@ class JobStore:
                 return
             entry.running = False
             retry = entry.job.retry_config
-            if not ok and entry.retries < retry.retry_count:
+            # Retried until both retry_count and max_retry_duration are used up.
+            if not ok and not gives_up(
+                entry.retries + 1,
+                now - entry.slot_began,
+                max_attempts=retry.retry_count + 1,
+                max_retry_duration=_seconds(retry.max_retry_duration),
+            ):
                 entry.retries += 1
                 delay = retry_delay(
                     entry.retries,
@@ -236,10 +243,6 @@ class JobStore:
     def records(self) -> list[JobAttempt]:
         with self.lock:
             return list(self.attempts)
-
-    def clear_records(self) -> None:
-        with self.lock:
-            self.attempts.clear()
 
     # The caller holds the lock.
 
