@@ -78,7 +78,7 @@ class Store:
         """UpdateQueue: change the fields in ``update_mask`` (every field if it is empty).
 
         As in Cloud Tasks, a queue that does not exist yet is created. The queue keeps its state
-        (a paused queue stays paused), its tasks and its place in the rate limit's refill.
+        (a paused queue stays paused) and its tasks; its rate limit starts a full token bucket.
         """
         paths = list(update_mask.paths)
         unknown = [p for p in paths if p in _OUTPUT_ONLY or not _is_queue_path(p)]

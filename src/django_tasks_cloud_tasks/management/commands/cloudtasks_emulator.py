@@ -82,7 +82,11 @@ class Command(BaseCommand):
         except RuntimeError as exc:
             raise CommandError(f"Could not start the emulator: {exc}") from exc
         if declared is not None:
-            queues = self._create_declared(emulator, declared, queues)
+            try:
+                queues = self._create_declared(emulator, declared, queues)
+            except CommandError:
+                emulator.stop()
+                raise
         self.stdout.write(
             f"Cloud Tasks emulator on {emulator.address} (project {project}, location "
             f"{location}, queues: {', '.join(queues)}); OIDC issuer {emulator.issuer}.\n"
