@@ -261,7 +261,7 @@ def test_unregistered_methods_are_unimplemented(
     em: Emulator, client: tasks_v2.CloudTasksClient
 ) -> None:
     with pytest.raises(exceptions.MethodNotImplemented):
-        client.update_queue(queue=tasks_v2.Queue(name=DEFAULT_QUEUE))
+        client.get_iam_policy(resource=DEFAULT_QUEUE)
 
 
 # Tasks over the API

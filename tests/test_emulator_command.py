@@ -17,7 +17,10 @@ from typing import Any
 import grpc
 import pytest
 import requests
-from google.cloud import tasks_v2
+from google.cloud import scheduler_v1, tasks_v2
+from google.cloud.scheduler_v1.services.cloud_scheduler.transports import (
+    CloudSchedulerGrpcTransport,
+)
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,3 +159,28 @@ def test_bad_arguments_are_explained_not_a_traceback(arguments: list[str], reaso
     assert "Could not start the emulator: " in stderr
     assert reason in stderr
     assert "Traceback" not in stderr
+
+
+def test_the_command_creates_the_declared_queues_and_schedules() -> None:
+    port = free_port()
+    proc = start("--port", str(port), env={"DJANGO_SETTINGS_MODULE": "tests.settings_declared"})
+    try:
+        schedule = read_line_containing(proc, "Schedule digest")
+        assert "tests.tasks.add at '0 8 * * 1' (UTC), next at" in schedule
+        banner = read_line_containing(proc, "Cloud Tasks emulator on")
+        assert "queues: emails, urgent, default" in banner
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        tasks = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        parent = "projects/test-project/locations/us-central1"
+        emails = tasks.get_queue(name=f"{parent}/queues/emails")
+        assert emails.retry_config.max_attempts == 4
+        assert emails.rate_limits.max_dispatches_per_second == 2
+        assert tasks.get_queue(name=f"{parent}/queues/urgent")
+        scheduler = scheduler_v1.CloudSchedulerClient(
+            transport=CloudSchedulerGrpcTransport(channel=channel)
+        )
+        job = scheduler.get_job(name=f"{parent}/jobs/digest")
+        assert job.http_target.uri == "http://127.0.0.1:1/cloudtasks/schedule/digest/"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)

@@ -66,6 +66,19 @@ TASKS = {
             # emulator signs and the execute view verifies (requests without one get 401).
             "OIDC_SERVICE_ACCOUNT_EMAIL": "tasks-invoker@demo-project.iam.gserviceaccount.com",
             "STORE_RESULTS": True,
+            # Queues and periodic tasks as code: `manage.py cloudtasks_sync --apply` creates them
+            # in Google Cloud, and the emulator creates them when it starts.
+            "CLOUD_TASKS_QUEUES": {
+                "default": {"max_attempts": 20},
+                "high-priority": {"max_dispatches_per_second": 50},
+            },
+            "SCHEDULES": {
+                "heartbeat": {
+                    "task": "demo.tasks.heartbeat",
+                    "cron": "* * * * *",
+                    "description": "A periodic task to watch: it runs at the start of each minute",
+                },
+            },
         },
     }
 }

@@ -11,6 +11,7 @@ import statistics
 from typing import Any
 
 from django.tasks import TaskContext, task
+from django.utils import timezone
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +64,11 @@ def always_fails() -> None:
 @task
 def delayed_greeting(name: str) -> str:
     return f"Hello, {name}!"
+
+
+# Declared in settings.SCHEDULES: Cloud Scheduler (the emulator locally) enqueues it every minute.
+@task
+def heartbeat() -> str:
+    now = timezone.now().isoformat(timespec="seconds")
+    logger.info("Heartbeat: the periodic task ran at %s", now)
+    return f"Heartbeat at {now}"

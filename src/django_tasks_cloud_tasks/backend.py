@@ -133,7 +133,13 @@ class CloudTasksBackend(BaseTaskBackend):
                     id="django_tasks_cloud_tasks.E002",
                 ),
             ]
-        return [*messages, *self._check_handler_path()]
+        from .periodic import check_schedules
+
+        return [
+            *messages,
+            *self._check_handler_path(),
+            *check_schedules(self.alias, self.config),
+        ]
 
     def check_deployment(self) -> list[checks.CheckMessage]:
         """For `check --deploy`: whether the execute view would refuse every task, or is open."""

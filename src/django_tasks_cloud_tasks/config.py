@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,8 +22,16 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from . import metadata
+from .declarations import (
+    DeclarationError,
+    QueueDeclaration,
+    ScheduleDeclaration,
+    parse_queues,
+    parse_schedules,
+)
 
 DEFAULT_HANDLER_PATH = "/cloudtasks/execute/"
+DEFAULT_SCHEDULE_PATH = "/cloudtasks/schedule/"
 # Cloud Tasks accepts dispatch deadlines for HTTP targets in this range.
 MIN_DISPATCH_DEADLINE = timedelta(seconds=15)
 MAX_DISPATCH_DEADLINE = timedelta(minutes=30)
@@ -55,6 +63,10 @@ OPTION_NAMES = frozenset(
         "DISPATCH_DEADLINE",
         "STORE_RESULTS",
         "RESPONSE_ERROR_MESSAGES",
+        "CLOUD_TASKS_QUEUES",
+        "SCHEDULES",
+        "SCHEDULE_HANDLER_PATH",
+        "SCHEDULER_LOCATION",
     }
 )
 _QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
@@ -81,6 +93,11 @@ class CloudTasksConfig:
     store_results: bool
     # Whether the execute view's error answers carry the exception's message, not only its class.
     response_error_messages: bool = False
+    # Declared in CLOUD_TASKS_QUEUES and SCHEDULES (see ``declarations.py``).
+    queues: tuple[QueueDeclaration, ...] = ()
+    schedules: tuple[ScheduleDeclaration, ...] = ()
+    schedule_handler_path: str = DEFAULT_SCHEDULE_PATH
+    scheduler_location: str = ""
 
     @property
     def attempt_deadline(self) -> timedelta:
@@ -97,6 +114,25 @@ class CloudTasksConfig:
 
     def queue_path(self, queue_id: str) -> str:
         return f"{self.location_path}/queues/{queue_id}"
+
+    @property
+    def scheduler_location_path(self) -> str:
+        return f"projects/{self.project}/locations/{self.scheduler_location or self.location}"
+
+    def schedule_url(self, name: str) -> str:
+        """Where Cloud Scheduler POSTs when schedule ``name`` is due."""
+        return f"{self.handler_host}{self.schedule_handler_path}{name}/"
+
+    def max_attempts_for(self, queue_id: str) -> int | None:
+        """The ``max_attempts`` declared for Cloud Tasks queue ``queue_id`` (-1: unlimited).
+
+        ``None`` when the queue's retry policy is not declared here, so this process cannot
+        know it (Cloud Tasks' default is 100).
+        """
+        for queue in self.queues:
+            if queue.queue_id == queue_id:
+                return queue.max_attempts
+        return None
 
     def cloud_queue_for(self, queue_name: str, priority: int) -> str:
         """The Cloud Tasks queue a task goes to: its priority band's, else its own queue."""
@@ -162,6 +198,10 @@ class _Resolver:
             emulator_host=emulator_host,
             store_results=self.store_results(),
             response_error_messages=self.boolean("RESPONSE_ERROR_MESSAGES"),
+            queues=self.declared(parse_queues, "CLOUD_TASKS_QUEUES"),
+            schedules=self.declared(parse_schedules, "SCHEDULES"),
+            schedule_handler_path=self.schedule_handler_path(),
+            scheduler_location=self.scheduler_location(location),
         )
 
     def error(self, message: str) -> ImproperlyConfigured:
@@ -259,10 +299,36 @@ class _Resolver:
         return f"https://{service}-{number}.{region}.run.app"
 
     def handler_path(self) -> str:
-        path = self.option("TASK_HANDLER_PATH") or DEFAULT_HANDLER_PATH
+        return self.path("TASK_HANDLER_PATH", DEFAULT_HANDLER_PATH)
+
+    def path(self, name: str, default: str) -> str:
+        path = self.option(name) or default
         if not path.startswith("/"):
-            raise self.error(f"TASK_HANDLER_PATH {path!r} must start with '/'.")
+            raise self.error(f"{name} {path!r} must start with '/'.")
         return str(path)
+
+    def schedule_handler_path(self) -> str:
+        path = self.path("SCHEDULE_HANDLER_PATH", DEFAULT_SCHEDULE_PATH)
+        if not path.endswith("/"):
+            raise self.error(
+                f"SCHEDULE_HANDLER_PATH {path!r} must end with '/': the schedule's name follows it."
+            )
+        return path
+
+    def declared[T](self, parse: Callable[[object], T], name: str) -> T:
+        try:
+            return parse(self.options.get(name))
+        except DeclarationError as exc:
+            raise self.error(str(exc)) from None
+
+    def scheduler_location(self, location: str) -> str:
+        scheduler_location: str = self.option("SCHEDULER_LOCATION") or location
+        if not _LOCATION.fullmatch(scheduler_location):
+            raise self.error(
+                f"SCHEDULER_LOCATION {scheduler_location!r} is not a valid location "
+                "(e.g. 'us-central1')."
+            )
+        return scheduler_location
 
     def service_account_email(self, *, on_emulator: bool) -> str | None:
         if "OIDC_SERVICE_ACCOUNT_EMAIL" in self.options:

@@ -9,10 +9,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from django.urls import ResolverMatch, URLPattern
+from django.urls import ResolverMatch, URLPattern, path
 from django.urls.resolvers import RoutePattern
 
-from . import views
+from . import periodic, views
 
 app_name = "django_tasks_cloud_tasks"
 
@@ -50,4 +50,7 @@ def _on_event_loop() -> bool:
     return True
 
 
-urlpatterns = [ServerModePattern("execute/", views.execute, views.aexecute, name="execute")]
+urlpatterns = [
+    ServerModePattern("execute/", views.execute, views.aexecute, name="execute"),
+    path("schedule/<str:name>/", periodic.enqueue_scheduled, name="schedule"),
+]

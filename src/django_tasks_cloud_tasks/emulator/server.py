@@ -64,6 +64,8 @@ class Emulator:
         self._dispatcher: Dispatcher | None = None
         self._grpc_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._grpc_server: Any = None
+        self._jobs = _job_store()
+        self._job_runner: Any = None
         for queue_id in queues:
             self.create_queue(queue_id)
 
@@ -102,6 +104,11 @@ class Emulator:
     def dispatches(self) -> list[DispatchRecord]:
         """Every attempt since the start or the last ``reset``, oldest first (a copy)."""
         return self._store.records()
+
+    @property
+    def schedule_attempts(self) -> list[Any]:
+        """Every request Cloud Scheduler jobs made, oldest first (``schedules.JobAttempt``)."""
+        return self._jobs.records() if self._jobs is not None else []
 
     def create_queue(
         self,
@@ -169,6 +176,9 @@ class Emulator:
             self._grpc_executor.shutdown(cancel_futures=True)
             self._grpc_executor = None
         self._store.close()
+        if self._job_runner is not None:
+            self._job_runner.stop()
+            self._job_runner = None
         if self._dispatcher is not None:
             self._dispatcher.stop(_STOP_TIMEOUT)
             self._dispatcher = None
@@ -206,9 +216,25 @@ class Emulator:
                 oidc_config_handler(issuer, f"{issuer}/certs"),
             )
         )
+        if self._jobs is not None:
+            from .scheduler import CloudSchedulerService, JobRunner
+
+            self._job_runner = JobRunner(self._jobs, self._signer, self._log)
+            self._job_runner.start()
+            scheduler = CloudSchedulerService(self._jobs, self._job_runner)
+            self._grpc_server.add_generic_rpc_handlers((scheduler.handler(),))
         self._grpc_server.start()
         self._address = f"{self._host}:{port}"
         self._issuer = issuer
+
+
+def _job_store() -> Any:
+    """Cloud Scheduler's jobs, if google-cloud-scheduler (the ``scheduler`` extra) is installed."""
+    try:
+        from .schedules import JobStore
+    except ImportError:
+        return None
+    return JobStore()
 
 
 def _present(**fields: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class CloudTasksService:
             "ListQueues": _unary(
                 self.list_queues, tasks_v2.ListQueuesRequest, tasks_v2.ListQueuesResponse.serialize
             ),
+            "UpdateQueue": _unary(self.update_queue, tasks_v2.UpdateQueueRequest, queue),
             "DeleteQueue": _unary(self.delete_queue, tasks_v2.DeleteQueueRequest, _empty),
             "PauseQueue": _unary(self.pause_queue, tasks_v2.PauseQueueRequest, queue),
             "ResumeQueue": _unary(self.resume_queue, tasks_v2.ResumeQueueRequest, queue),
@@ -70,6 +71,10 @@ class CloudTasksService:
                 f"The queue name ('{queue.name}') must be under the parent ('{parent}')."
             )
         return self._store.create_queue(queue)
+
+    def update_queue(self, request: tasks_v2.UpdateQueueRequest) -> tasks_v2.Queue:
+        check_queue_name(request.queue.name)
+        return self._store.update_queue(request.queue, request.update_mask)
 
     def get_queue(self, request: tasks_v2.GetQueueRequest) -> tasks_v2.Queue:
         return self._store.get_queue(check_queue_name(request.name))

@@ -12,8 +12,9 @@ import secrets
 import threading
 import time
 
-from google.api_core.exceptions import AlreadyExists, NotFound
+from google.api_core.exceptions import AlreadyExists, InvalidArgument, NotFound
 from google.cloud import tasks_v2
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from .attempts import NO_RESPONSE, answered, dispatch_headers, started
 from .clock import timestamp
@@ -37,6 +38,12 @@ TASK_GONE = (
     "The task no longer exists, though a task with this name existed recently. The task either "
     "successfully completed or was deleted."
 )
+# Fields UpdateQueue cannot change.
+_OUTPUT_ONLY = frozenset({"name", "state", "purge_time"})
+
+
+def _is_queue_path(path: str) -> bool:
+    return bool(FieldMask(paths=[path]).IsValidForDescriptor(tasks_v2.Queue.pb().DESCRIPTOR))
 
 
 class Store:
@@ -66,6 +73,44 @@ class Store:
                 raise AlreadyExists(QUEUE_EXISTS)
             self._queues[queue.name] = QueueEntry(queue, settings, bucket)
         return queue
+
+    def update_queue(self, queue: tasks_v2.Queue, update_mask: FieldMask) -> tasks_v2.Queue:
+        """UpdateQueue: change the fields in ``update_mask`` (every field if it is empty).
+
+        As in Cloud Tasks, a queue that does not exist yet is created. The queue keeps its state
+        (a paused queue stays paused) and its tasks; its rate limit starts a full token bucket.
+        """
+        paths = list(update_mask.paths)
+        unknown = [p for p in paths if p in _OUTPUT_ONLY or not _is_queue_path(p)]
+        if unknown:
+            raise InvalidArgument(f"Invalid update_mask paths: {', '.join(unknown)}.")
+        with self._lock:
+            entry = self._queues.get(queue.name)
+            if entry is None:
+                created = tasks_v2.Queue(queue)
+                settings = configure(created)
+                self._queues[queue.name] = QueueEntry(
+                    created, settings, TokenBucket(settings.rate, settings.burst)
+                )
+                return created
+            if paths:
+                updated = tasks_v2.Queue(entry.queue)
+                FieldMask(paths=paths).MergeMessage(
+                    tasks_v2.Queue.pb(queue),
+                    tasks_v2.Queue.pb(updated),
+                    replace_message_field=True,
+                )
+            else:  # Every field is replaced; what the request leaves out gets its default.
+                updated = tasks_v2.Queue(queue, purge_time=entry.queue.purge_time)
+            state = entry.queue.state
+            settings = configure(updated)  # marks the queue RUNNING...
+            tasks_v2.Queue.pb(updated).state = state  # ...which an update must not do.
+            entry.queue = updated
+            entry.settings = settings
+            entry.bucket = TokenBucket(settings.rate, settings.burst)
+            if entry.running and entry.ready:
+                self._work.notify()
+            return updated
 
     def get_queue(self, name: str) -> tasks_v2.Queue:
         with self._lock:

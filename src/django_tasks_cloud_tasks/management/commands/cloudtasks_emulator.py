@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from google.api_core.exceptions import GoogleAPICallError
 
-from django_tasks_cloud_tasks import config
+from django_tasks_cloud_tasks import client, config, sync
 from django_tasks_cloud_tasks.emulator import Emulator
 
 DEFAULT_PORT = 8123
@@ -35,7 +35,8 @@ class Command(BaseCommand):
             dest="queues",
             metavar="NAME",
             help="Create this queue at start (repeatable). Default: the backend's QUEUES, "
-            "or 'default'.",
+            "or 'default'. The queues and schedules the backend declares (CLOUD_TASKS_QUEUES, "
+            "PRIORITY_QUEUES, SCHEDULES) are created as well.",
         )
         parser.add_argument(
             "--backend",
@@ -58,7 +59,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        project, location, queues = self._placement(options)
+        project, location, queues, declared = self._placement(options)
         try:
             emulator = Emulator(
                 host=options["host"],
@@ -80,6 +81,12 @@ class Command(BaseCommand):
             emulator.start()
         except RuntimeError as exc:
             raise CommandError(f"Could not start the emulator: {exc}") from exc
+        if declared is not None:
+            try:
+                queues = self._create_declared(emulator, declared, queues)
+            except CommandError:
+                emulator.stop()
+                raise
         self.stdout.write(
             f"Cloud Tasks emulator on {emulator.address} (project {project}, location "
             f"{location}, queues: {', '.join(queues)}); OIDC issuer {emulator.issuer}.\n"
@@ -89,23 +96,49 @@ class Command(BaseCommand):
         emulator.stop()
         self.stdout.write("Emulator stopped.")
 
-    def _placement(self, options: dict[str, Any]) -> tuple[str, str, list[str]]:
+    def _create_declared(
+        self, emulator: Emulator, declared: config.CloudTasksConfig, queues: list[str]
+    ) -> list[str]:
+        """Create the backend's declared queues and schedules, as ``cloudtasks_sync`` would."""
+        scheduler = None
+        if declared.schedules:
+            try:
+                scheduler = sync.scheduler_client(emulator.address)
+            except ImportError as exc:
+                self.stderr.write(f"Schedules not created: {exc}")
+        tasks = client.sync_client(emulator.address)
+        try:
+            plan = sync.plan([(declared, queues)], tasks_client=tasks, scheduler_client=scheduler)
+            sync.apply(plan, tasks_client=tasks, scheduler_client=scheduler)
+        except GoogleAPICallError as exc:
+            raise CommandError(f"Could not create the declared queues: {exc}") from exc
+        for schedule in declared.schedules if scheduler is not None else ():
+            self.stdout.write(
+                f"Schedule {schedule.name}: {schedule.task} at {schedule.cron!r} "
+                f"({schedule.time_zone}), next at {schedule.next_runs()[0].isoformat()}"
+            )
+        return sync.declared_queue_ids(declared, queues)
+
+    def _placement(
+        self, options: dict[str, Any]
+    ) -> tuple[str, str, list[str], config.CloudTasksConfig | None]:
+        """The project, location and queues to create, and the backend's configuration when its
+        declarations apply (the emulator serves the backend's own project and location)."""
         alias = options["backend"]
         params: dict[str, Any] | None = settings.TASKS.get(alias)
         if params is None:
             raise CommandError(f"TASKS has no backend {alias!r}; choose one with --backend.")
         queues = options["queues"] or list(params.get("QUEUES") or ["default"])
-        if options["project"] and options["location"]:
-            return options["project"], options["location"], queues
         try:
             resolved = config.resolve(alias, params.get("OPTIONS") or {})
         except ImproperlyConfigured as exc:
+            if options["project"] and options["location"]:
+                return options["project"], options["location"], queues, None
             raise CommandError(f"{exc} Or pass --project and --location.") from exc
-        return (
-            options["project"] or resolved.project,
-            options["location"] or resolved.location,
-            queues,
-        )
+        project = options["project"] or resolved.project
+        location = options["location"] or resolved.location
+        same_place = (project, location) == (resolved.project, resolved.location)
+        return project, location, queues, resolved if same_place else None
 
     def _log(self, line: str) -> None:
         self.stdout.write(line)
