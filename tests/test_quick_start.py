@@ -1,0 +1,175 @@
+"""The README's Quick start, run as written in a new project: a user's first hour, end to end.
+
+Its blocks are taken from the README, not copied here, so the README cannot drift from what works.
+Shell lines run one by one (``venv`` and ``pip install`` excepted: this environment has the package
+installed, as the user's would); a Python block headed ``# PATH`` is that file, ``# PATH (at the
+end)`` is appended to it, and ``# python manage.py shell`` is fed to that command. The one change:
+the emulator and the server listen on free ports instead of 8123 and 8000 (``SERVICE_URL`` tells
+the backend the server's), since other tests may run at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BIN = Path(sys.executable).parent
+TIMEOUT = 120
+
+
+def quick_start_blocks() -> list[tuple[str, str]]:
+    """(language, code) of each fenced block of the README's Quick start, in order."""
+    text = README.read_text()
+    section = text[text.index("## Quick start") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"^( *)```(\w+)\n(.*?)^\1```", section, flags=re.M | re.S)
+    return [(lang, textwrap.dedent(code)) for _, lang, code in blocks]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited: {proc.communicate()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+class Project:
+    """A new project directory, and the shell the Quick start's commands run in."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.emulator_port = free_port()
+        self.server_port = free_port()
+        # A clean environment: none of this suite's settings or emulator.
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in {"DJANGO_SETTINGS_MODULE", "CLOUD_TASKS_EMULATOR_HOST", "PYTHONPATH"}
+        }
+        self.env["PATH"] = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"
+        self.env["SERVICE_URL"] = f"http://127.0.0.1:{self.server_port}"
+        self.background: list[subprocess.Popen[str]] = []
+
+    def sh(self, line: str) -> str:
+        line = line.split("  #", 1)[0].strip()
+        if not line or line.startswith(("python -m venv", "pip install")):
+            return ""
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").partition("=")
+            self.env[name] = value.replace(":8123", f":{self.emulator_port}")
+            return ""
+        argv = shlex.split(line.removesuffix("&").strip())
+        if argv[0] == "python":
+            argv[0] = sys.executable
+        elif argv[0] in {"django-admin", "pytest"}:
+            argv[0] = str(BIN / argv[0])
+        if "cloudtasks_emulator" in argv:
+            argv += ["--port", str(self.emulator_port)]
+            wait_for_port(self.emulator_port, self.start(argv))
+            return ""
+        if "runserver" in argv:
+            argv += [f"127.0.0.1:{self.server_port}", "--noreload"]
+            wait_for_port(self.server_port, self.start(argv))
+            return ""
+        return self.run(argv)
+
+    def start(self, argv: list[str]) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            argv, cwd=self.root, env=self.env, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.background.append(proc)
+        return proc
+
+    def run(self, argv: list[str], stdin: str | None = None) -> str:
+        done = subprocess.run(
+            argv, cwd=self.root, env=self.env, input=stdin, text=True,
+            capture_output=True, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{argv}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def python_block(self, code: str) -> str:
+        header, _, body = code.partition("\n")
+        target = header.removeprefix("# ").strip()
+        if target == "python manage.py shell":
+            return self.run([sys.executable, "manage.py", "shell"], stdin=body)
+        path, _, how = target.partition(" ")
+        file = self.root / path
+        if how == "(at the end)":
+            file.write_text(file.read_text() + "\n" + body)
+        else:
+            file.write_text(body)
+        return ""
+
+    def close(self) -> None:
+        for proc in self.background:
+            proc.terminate()
+        for proc in self.background:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    new = Project(tmp_path)
+    yield new
+    new.close()
+
+
+def test_the_readme_quick_start_runs_as_written_on_the_emulator(project: Project) -> None:
+    outputs = []
+    for lang, code in quick_start_blocks():
+        if lang == "sh":
+            outputs += [project.sh(line) for line in code.splitlines()]
+        else:
+            outputs.append(project.python_block(code))
+
+    text = "\n".join(outputs)
+    # The shell: the task ran on the live server and its stored result was read back.
+    assert "READY\nSUCCESSFUL 123" in text
+    # The test with the plugin: one test, run through the emulator and a live server.
+    assert re.search(r"\b1 passed\b", text)
+
+
+def test_the_plugin_works_whatever_the_environment_said_at_import(project: Project) -> None:
+    # Only the files: no CLOUD_TASKS_EMULATOR_HOST or SERVICE_URL anywhere, so the backend cannot
+    # tell its project when the tasks are imported at collection.
+    del project.env["SERVICE_URL"]
+    for lang, code in quick_start_blocks():
+        if lang == "sh":
+            for line in code.splitlines():
+                if "startproject" in line or "startapp" in line:
+                    project.sh(line)
+        elif not code.startswith("# python manage.py shell"):
+            project.python_block(code)
+
+    output = project.run([str(BIN / "pytest"), "--ds=mysite.settings", "shop/tests.py"])
+
+    assert re.search(r"\b1 passed\b", output)
