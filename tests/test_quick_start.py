@@ -10,6 +10,7 @@ the backend the server's), since other tests may run at the same time.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -23,7 +24,10 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+TESTING_PAGE = ROOT / "docs" / "testing.md"
+LOCAL_DEVELOPMENT_PAGE = ROOT / "docs" / "local-development.md"
 BIN = Path(sys.executable).parent
 TIMEOUT = 120
 
@@ -32,8 +36,11 @@ def quick_start_blocks() -> list[tuple[str, str]]:
     """(language, code) of each fenced block of the README's Quick start, in order."""
     text = README.read_text()
     section = text[text.index("## Quick start") :]
-    section = section[: section.index("\n## ", 1)]
-    blocks = re.findall(r"^( *)```(\w+)\n(.*?)^\1```", section, flags=re.M | re.S)
+    return fenced_blocks(section[: section.index("\n## ", 1)])
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    blocks = re.findall(r"^( *)```(\w+)\n(.*?)^\1```", text, flags=re.M | re.S)
     return [(lang, textwrap.dedent(code)) for _, lang, code in blocks]
 
 
@@ -82,6 +89,10 @@ class Project:
             self.env[name] = value.replace(":8123", f":{self.emulator_port}")
             return ""
         argv = shlex.split(line.removesuffix("&").strip())
+        env = dict(self.env)
+        while re.fullmatch(r"[A-Z_]+=\S*", argv[0]):  # VAR=value command
+            name, _, value = argv.pop(0).partition("=")
+            env[name] = value
         if argv[0] == "python":
             argv[0] = sys.executable
         elif argv[0] in {"django-admin", "pytest"}:
@@ -94,7 +105,7 @@ class Project:
             argv += [f"127.0.0.1:{self.server_port}", "--noreload"]
             wait_for_port(self.server_port, self.start(argv))
             return ""
-        return self.run(argv)
+        return self.run(argv, env=env)
 
     def start(self, argv: list[str]) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
@@ -104,13 +115,15 @@ class Project:
         self.background.append(proc)
         return proc
 
-    def run(self, argv: list[str], stdin: str | None = None) -> str:
+    def run(
+        self, argv: list[str], stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> str:
         done = subprocess.run(
-            argv, cwd=self.root, env=self.env, input=stdin, text=True,
+            argv, cwd=self.root, env=env or self.env, input=stdin, text=True,
             capture_output=True, timeout=TIMEOUT, check=False,
         )  # fmt: skip
         assert done.returncode == 0, f"{argv}:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
+        return done.stdout + done.stderr
 
     def python_block(self, code: str) -> str:
         header, _, body = code.partition("\n")
@@ -151,17 +164,26 @@ def test_the_readme_quick_start_runs_as_written_on_the_emulator(project: Project
         else:
             outputs.append(project.python_block(code))
 
+    # Local development's snippets that need the running project: curl, and the emulator class.
+    page = fenced_blocks(LOCAL_DEVELOPMENT_PAGE.read_text())
+    [curl] = [code for lang, code in page if lang == "sh" and code.startswith("curl")]
+    command = curl.replace("127.0.0.1:8000", f"127.0.0.1:{project.server_port}")
+    answer = project.run(["bash", "-c", command])
+    # curl reports progress on stderr, after the answer.
+    assert json.JSONDecoder().raw_decode(answer)[0] == json.loads(curl.rsplit("# ", 1)[1])
+    [emulator_class] = [code for lang, code in page if "from django_tasks_cloud_tasks." in code]
+    assert re.fullmatch(r"127\.0\.0\.1:\d+\n", project.run([sys.executable, "-c", emulator_class]))
+
     text = "\n".join(outputs)
     # The shell: the task ran on the live server and its stored result was read back.
     assert "READY\nSUCCESSFUL 123" in text
     # The test with the plugin: one test, run through the emulator and a live server.
     assert re.search(r"\b1 passed\b", text)
+    assert "Traceback" not in text
 
 
-def test_the_plugin_works_whatever_the_environment_said_at_import(project: Project) -> None:
-    # Only the files: no CLOUD_TASKS_EMULATOR_HOST or SERVICE_URL anywhere, so the backend cannot
-    # tell its project when the tasks are imported at collection.
-    del project.env["SERVICE_URL"]
+def write_quick_start_files(project: Project) -> None:
+    """The Quick start's project and files, without running anything."""
     for lang, code in quick_start_blocks():
         if lang == "sh":
             for line in code.splitlines():
@@ -170,6 +192,23 @@ def test_the_plugin_works_whatever_the_environment_said_at_import(project: Proje
         elif not code.startswith("# python manage.py shell"):
             project.python_block(code)
 
-    output = project.run([str(BIN / "pytest"), "--ds=mysite.settings", "shop/tests.py"])
 
-    assert re.search(r"\b1 passed\b", output)
+def test_the_testing_page_examples_run_as_written(project: Project) -> None:
+    # No CLOUD_TASKS_EMULATOR_HOST or SERVICE_URL for pytest: the backend cannot tell its project
+    # when the tasks are imported, at collection, and the plugin must make up for it.
+    del project.env["SERVICE_URL"]
+    write_quick_start_files(project)
+    blocks = fenced_blocks(TESTING_PAGE.read_text())
+    for lang, code in blocks:
+        if lang == "python":
+            project.python_block(code)
+    outputs = [
+        project.sh(line) for lang, code in blocks if lang == "sh" for line in code.splitlines()
+    ]
+
+    text = "\n".join(outputs)
+    # pytest shop/: the page's two tests and its TestCase; manage.py test: the TestCase. And no
+    # error from a server thread after the tests (an emulator outliving the live server).
+    assert re.search(r"\b3 passed\b", text), text
+    assert re.search(r"Ran 1 test.*\n\nOK", text, flags=re.S)
+    assert "Traceback" not in text

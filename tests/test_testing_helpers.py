@@ -15,18 +15,19 @@ import pytest
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 
+from django_tasks_cloud_tasks.emulator import Emulator
 from django_tasks_cloud_tasks.testing import CloudTasksHarness, CloudTasksTestCase
 from tests.tasks import add, always_fails, greet, on_high_priority_queue, recorder
 
 
 @pytest.fixture
-def harness(live_server: Any, settings: Any) -> Iterator[CloudTasksHarness]:
-    from django_tasks_cloud_tasks.testing import shared_emulator
-
+def harness(
+    cloud_tasks_emulator: Emulator, live_server: Any, settings: Any
+) -> Iterator[CloudTasksHarness]:
     # Whatever TASKS said: here, a backend that cannot even reach its handler.
     settings.TASKS = {"default": {"BACKEND": "django.tasks.backends.dummy.DummyBackend"}}
     recorder.clear()
-    started = CloudTasksHarness(shared_emulator(), live_server.url)
+    started = CloudTasksHarness(cloud_tasks_emulator, live_server.url)
     started.start()
     yield started
     started.stop()

@@ -35,11 +35,16 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: Any, args
 
 
 @pytest.fixture(scope="session")
-def cloud_tasks_emulator() -> Emulator:
-    """The in-process Cloud Tasks emulator, shared by the session's tests."""
-    from .testing import shared_emulator
+def cloud_tasks_emulator(live_server: Any) -> Iterator[Emulator]:
+    """The in-process Cloud Tasks emulator, shared by the session's tests.
 
-    return shared_emulator()
+    It asks for the live server so that it stops first (see ``testing.start_emulator``).
+    """
+    from .testing import start_emulator
+
+    emulator = start_emulator()
+    yield emulator
+    emulator.stop()
 
 
 @pytest.fixture

@@ -17,11 +17,9 @@ apart), so a test of a failing task takes under a second.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import sys
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,7 +40,7 @@ __all__ = [
     "CloudTasksHarness",
     "CloudTasksTestCase",
     "EnqueuedTask",
-    "shared_emulator",
+    "start_emulator",
 ]
 
 _BACKEND = "django_tasks_cloud_tasks.CloudTasksBackend"
@@ -348,21 +346,16 @@ def _imported_task_queues() -> set[str]:
     return names
 
 
-_shared: Emulator | None = None
-_shared_lock = threading.Lock()
+def start_emulator() -> Emulator:
+    """A started emulator with the backend's local project and location, for a test run.
 
+    Stop it before the live server it delivers to: its connections to that server are kept alive,
+    and a server thread closing one after the test database is gone reports an error.
+    """
+    from .config import LOCAL_LOCATION, LOCAL_PROJECT
+    from .emulator import Emulator
 
-def shared_emulator() -> Emulator:
-    """The process's test emulator, started on first use and stopped when the process exits."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            from .config import LOCAL_LOCATION, LOCAL_PROJECT
-            from .emulator import Emulator
-
-            _shared = Emulator(project=LOCAL_PROJECT, location=LOCAL_LOCATION, queues=()).start()
-            atexit.register(_shared.stop)
-        return _shared
+    return Emulator(project=LOCAL_PROJECT, location=LOCAL_LOCATION, queues=()).start()
 
 
 class CloudTasksTestCase(LiveServerTestCase):
@@ -372,9 +365,17 @@ class CloudTasksTestCase(LiveServerTestCase):
     """
 
     cloud_tasks: CloudTasksHarness
+    emulator: Emulator
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.emulator = start_emulator()
+        # Cleanups run in reverse: the emulator stops before the live server does.
+        cls.addClassCleanup(cls.emulator.stop)
 
     def setUp(self) -> None:
         super().setUp()
-        self.cloud_tasks = CloudTasksHarness(shared_emulator(), self.live_server_url)
+        self.cloud_tasks = CloudTasksHarness(self.emulator, self.live_server_url)
         self.cloud_tasks.start()
         self.addCleanup(self.cloud_tasks.stop)
