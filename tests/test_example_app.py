@@ -308,7 +308,7 @@ def test_failing_task_shows_each_retry_then_gives_up(page: WebDriver, demo_app: 
     assert retrying["queue"] == "retries"
     assert retrying["result"] == "RuntimeError: This task fails on purpose"
 
-    # 4 attempts, 1 + 2 + 4 s of backoff apart: then the queue gives up.
+    # 4 attempts, 1 + 2 + 2 s of backoff apart: then the queue gives up.
     given_up = _wait_for_row(
         page, demo_app, task_id, "the last attempt", lambda r: r["state"] == "FAILED", timeout=30
     )

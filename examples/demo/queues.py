@@ -25,7 +25,7 @@ from django_tasks_cloud_tasks.config import CloudTasksConfig
 # The failing task's queue's: a few attempts, a few seconds apart, so that a visitor sees it
 # retried and then given up on (a queue's default is 100 attempts, up to an hour apart).
 RETRIES_POLICY = tasks_v2.RetryConfig(
-    max_attempts=4, min_backoff=timedelta(seconds=1), max_backoff=timedelta(seconds=4)
+    max_attempts=4, min_backoff=timedelta(seconds=1), max_backoff=timedelta(seconds=2)
 )
 _TIMEOUT = 2.0
 
