@@ -1,11 +1,13 @@
 """The README's Quick start, run as written in a new project: a user's first hour, end to end.
 
 Its blocks are taken from the README, not copied here, so the README cannot drift from what works.
-Shell lines run one by one (``venv`` and ``pip install`` excepted: this environment has the package
-installed, as the user's would); a Python block headed ``# PATH`` is that file, ``# PATH (at the
-end)`` is appended to it, and ``# python manage.py shell`` is fed to that command. The one change:
-the emulator and the server listen on free ports instead of 8123 and 8000 (``SERVICE_URL`` tells
-the backend the server's), since other tests may run at the same time.
+Shell lines run one by one, ``venv`` and ``pip install`` excepted: the commands run in this
+environment, or in the one ``QUICK_START_VENV`` names (CI makes a fresh one with
+``pip install . pytest pytest-django``, since the README's ``pip install`` would fetch the
+published release). A Python block headed ``# PATH`` is that file, ``# PATH (at the end)`` is
+appended to it, and ``# python manage.py shell`` is fed to that command. The one change: the
+emulator and the server listen on free ports instead of 8123 and 8000 (``SERVICE_URL`` tells the
+backend the server's), since other tests may run at the same time.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 TESTING_PAGE = ROOT / "docs" / "testing.md"
 LOCAL_DEVELOPMENT_PAGE = ROOT / "docs" / "local-development.md"
-BIN = Path(sys.executable).parent
+# Where the commands come from: a fresh virtual environment in CI, else this one.
+BIN = (
+    Path(os.environ["QUICK_START_VENV"]).resolve() / "bin"
+    if os.environ.get("QUICK_START_VENV")
+    else Path(sys.executable).parent
+)
+PYTHON = str(BIN / "python")
 TIMEOUT = 120
 
 
@@ -94,7 +102,7 @@ class Project:
             name, _, value = argv.pop(0).partition("=")
             env[name] = value
         if argv[0] == "python":
-            argv[0] = sys.executable
+            argv[0] = PYTHON
         elif argv[0] in {"django-admin", "pytest"}:
             argv[0] = str(BIN / argv[0])
         if "cloudtasks_emulator" in argv:
@@ -129,7 +137,7 @@ class Project:
         header, _, body = code.partition("\n")
         target = header.removeprefix("# ").strip()
         if target == "python manage.py shell":
-            return self.run([sys.executable, "manage.py", "shell"], stdin=body)
+            return self.run([PYTHON, "manage.py", "shell"], stdin=body)
         path, _, how = target.partition(" ")
         file = self.root / path
         if how == "(at the end)":
@@ -172,7 +180,7 @@ def test_the_readme_quick_start_runs_as_written_on_the_emulator(project: Project
     # curl reports progress on stderr, after the answer.
     assert json.JSONDecoder().raw_decode(answer)[0] == json.loads(curl.rsplit("# ", 1)[1])
     [emulator_class] = [code for lang, code in page if "from django_tasks_cloud_tasks." in code]
-    assert re.fullmatch(r"127\.0\.0\.1:\d+\n", project.run([sys.executable, "-c", emulator_class]))
+    assert re.fullmatch(r"127\.0\.0\.1:\d+\n", project.run([PYTHON, "-c", emulator_class]))
 
     text = "\n".join(outputs)
     # The shell: the task ran on the live server and its stored result was read back.
