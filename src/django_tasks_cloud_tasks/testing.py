@@ -151,10 +151,7 @@ class CloudTasksHarness:
             raise AssertionError(
                 "Tasks are held (hold() was called): run them with run_pending(), or release()."
             )
-        if not self.emulator.wait_until_idle(timeout):
-            raise AssertionError(
-                f"Tasks were still pending or running after {timeout} s: {self._describe()}"
-            )
+        self._wait_until_idle(timeout)
         return self.emulator.dispatches
 
     def hold(self) -> None:
@@ -189,10 +186,7 @@ class CloudTasksHarness:
         if held:
             self.release()  # for the retries of tasks that fail
         try:
-            if not self.emulator.wait_until_idle(timeout):
-                raise AssertionError(
-                    f"Tasks were still pending or running after {timeout} s: {self._describe()}"
-                )
+            self._wait_until_idle(timeout)
         finally:
             if held:
                 self.hold()
@@ -321,11 +315,11 @@ class CloudTasksHarness:
         client = self._client()
         return [task for queue in sorted(self._queues) for task in client.list_tasks(parent=queue)]
 
-    def _describe(self) -> str:
-        pending = self._pending()
-        return (
-            f"{len(pending)} task(s) waiting in the queues" if pending else "an attempt in flight"
-        )
+    def _wait_until_idle(self, timeout: float) -> None:
+        if not self.emulator.wait_until_idle(timeout):
+            waiting = len(self._pending())
+            what = f"{waiting} task(s) waiting in the queues" if waiting else "an attempt in flight"
+            raise AssertionError(f"Tasks were still pending or running after {timeout} s: {what}")
 
     def _record(self, sender: Any, task_result: TaskResult[..., Any], **kwargs: Any) -> None:
         self.enqueued.append(EnqueuedTask(task_result))
