@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/run.py            # about two minutes
     .venv/bin/python benchmarks/run.py --quick    # fewer repetitions, for a smoke test
 
+A full run appends its figures, with the date, machine and versions, to ``benchmarks/history.json``
+(``--history`` elsewhere): the run-by-run record, which the performance page does not keep.
+
 Each figure is the median of several repetitions, and each is compared with its floor, measured in
 alternation with it, in the same run on the same machine: the raw, reused ``CloudTasksClient``
 calling the same emulator; a bare Django JSON view behind the same server and middleware; a process
@@ -17,6 +20,7 @@ import asyncio
 import http.client
 import json
 import os
+import platform
 import shutil
 import socket
 import statistics
@@ -38,6 +42,7 @@ PROJECT, LOCATION, QUEUE = "bench-project", "us-central1", "default"
 PARENT = f"projects/{PROJECT}/locations/{LOCATION}/queues/{QUEUE}"
 SERVICE_ACCOUNT = "invoker@bench-project.iam.gserviceaccount.com"
 ARGS = ([1, 2, 3], {"user_id": 123, "message": "hello"})
+HISTORY = ROOT / "benchmarks" / "history.json"
 
 
 @dataclass
@@ -450,9 +455,16 @@ def cold_start_figures(repeat: int, emulator_host: str) -> list[Figure]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--json", type=Path, help="also write this run's figures to this file")
+    parser.add_argument(
+        "--history",
+        type=Path,
+        help=f"append this run to this file (default: {HISTORY.relative_to(ROOT)}, full runs only)",
+    )
     options = parser.parse_args()
     repeat, count = (3, 300) if options.quick else (7, 1000)
+    # The machine may be shared: the load before the run says how busy it was.
+    load = [round(x, 2) for x in os.getloadavg()]
 
     sys.path.insert(0, str(ROOT))
     os.environ.update(environment())
@@ -487,10 +499,41 @@ def main() -> None:
     print(f"\n{'':<44} {'ours':>10} {'floor':>10}")
     for figure in figures:
         print(figure.line())
+    results = [{**vars(f), "ratio": round(f.ratio, 3)} for f in figures]
     if options.json:
-        options.json.write_text(
-            json.dumps([{**vars(f), "ratio": round(f.ratio, 3)} for f in figures], indent=2)
-        )
+        options.json.write_text(json.dumps(results, indent=2) + "\n")
+    history = options.history or (None if options.quick else HISTORY)
+    if history:
+        append_run(history, results, quick=options.quick, load=load)
+        print(f"\nAppended to {history}")
+
+
+def append_run(
+    path: Path, results: list[dict[str, Any]], *, quick: bool, load: list[float]
+) -> None:
+    """Add this run to the history file: a JSON list of runs, oldest first."""
+    runs = json.loads(path.read_text()) if path.exists() else []
+    runs.append(
+        {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "quick": quick,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+                "load_average_before": load,
+            },
+            "versions": versions(),
+            "figures": results,
+        }
+    )
+    path.write_text(json.dumps(runs, indent=2) + "\n")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    packages = ("django", "google-cloud-tasks", "grpcio", "google-auth", "gunicorn")
+    return {"python": platform.python_version(), **{name: version(name) for name in packages}}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -12,9 +13,16 @@ import pytest
 import uvicorn
 from asgiref.sync import sync_to_async
 from django.db import connections
+from hypothesis import settings as hypothesis_settings
 
 from django_tasks_cloud_tasks.emulator import Emulator
 from tests.tasks import recorder
+
+# Property-based tests generate a sample every day and their full count in CI (.ci/run sets
+# HYPOTHESIS_PROFILE=ci); each test states its full count with ``tests.examples.full``.
+hypothesis_settings.register_profile("ci", print_blob=True)
+hypothesis_settings.register_profile("dev")
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 PROJECT = "test-project"
 LOCATION = "us-central1"

@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from django_tasks_cloud_tasks import CloudTasksBackend
-from django_tasks_cloud_tasks.config import ENVIRONMENT_VARIABLES, CloudTasksConfig
+from django_tasks_cloud_tasks.config import (
+    ENVIRONMENT_VARIABLES,
+    LOCAL_HANDLER_HOST,
+    LOCAL_LOCATION,
+    LOCAL_PROJECT,
+    CloudTasksConfig,
+)
+from tests.servers import BackgroundServer
 
 GCP_VARIABLES = (*ENVIRONMENT_VARIABLES, "GCE_METADATA_ROOT")
 
 
-class MetadataServer(ThreadingHTTPServer):
+class MetadataServer(BackgroundServer):
     """A stand-in for the Google Cloud metadata server: answers the paths in ``values``."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _MetadataHandler)
         self.values: dict[str, str] = {}
         self.requests: list[str] = []
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
+        super().__init__(_MetadataHandler)
 
 
 class _MetadataHandler(BaseHTTPRequestHandler):
@@ -56,13 +58,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def metadata_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MetadataServer]:
-    server = MetadataServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("GCE_METADATA_HOST", server.host)
-    yield server
-    server.shutdown()
-    server.server_close()
+    with MetadataServer() as server:
+        monkeypatch.setenv("GCE_METADATA_HOST", server.host)
+        yield server
 
 
 def build(options: dict[str, Any] | None = None, alias: str = "default") -> CloudTasksConfig:
@@ -121,6 +119,30 @@ def test_emulator_host_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", "localhost:8123")
 
     assert build(EXPLICIT).emulator_host == "localhost:8123"
+
+
+def test_on_the_emulator_nothing_else_is_needed_and_the_metadata_server_is_not_asked(
+    metadata_server: MetadataServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", "127.0.0.1:8123")
+    metadata_server.values["project/project-id"] = "cloud-project"
+
+    config = build()
+
+    assert (config.project, config.location) == (LOCAL_PROJECT, LOCAL_LOCATION)
+    assert config.handler_host == LOCAL_HANDLER_HOST == "http://127.0.0.1:8000"
+    assert config.oidc_service_account_email is None
+    assert metadata_server.requests == []
+
+
+def test_on_the_emulator_options_and_environment_still_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", "127.0.0.1:8123")
+    monkeypatch.setenv("SERVICE_URL", "http://127.0.0.1:9000")
+
+    config = build({"CLOUD_TASKS_PROJECT": "mine"})
+
+    assert (config.project, config.location) == ("mine", LOCAL_LOCATION)
+    assert config.handler_host == "http://127.0.0.1:9000"
 
 
 def test_cloud_run_is_detected_from_the_metadata_server(
@@ -196,9 +218,37 @@ def test_nothing_configured_off_google_cloud_fails_fast_naming_the_setting() -> 
 
     assert time.monotonic() - started < 1.0
     message = str(excinfo.value)
-    assert "CLOUD_TASKS_PROJECT" in message
-    assert "GOOGLE_CLOUD_PROJECT" in message
     assert "TASKS['default']" in message
+    # Everything missing at once, as a block to paste, and the way to run locally instead.
+    for name in ("CLOUD_TASKS_PROJECT", "CLOUD_TASKS_LOCATION", "TASK_HANDLER_HOST"):
+        assert f'"{name}": "' in message
+    for variable in ("GOOGLE_CLOUD_PROJECT", "CLOUD_TASKS_LOCATION", "SERVICE_URL"):
+        assert f"{variable}=" in message
+    assert "CLOUD_TASKS_EMULATOR_HOST=127.0.0.1:8123" in message
+
+
+def test_only_what_is_missing_is_asked_for() -> None:
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        build({"CLOUD_TASKS_PROJECT": "mine", "CLOUD_TASKS_LOCATION": "europe-west1"})
+
+    message = str(excinfo.value)
+    assert "could not determine the URL that Cloud Tasks should call" in message
+    assert '"TASK_HANDLER_HOST": "' in message
+    assert '"CLOUD_TASKS_PROJECT"' not in message
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [
+        ("OIDC_SERVICE_ACOUNT_EMAIL", "OIDC_SERVICE_ACCOUNT_EMAIL"),
+        ("store_results", "STORE_RESULTS"),
+        ("CLOUD_TASK_PROJECT", "CLOUD_TASKS_PROJECT"),
+    ],
+    ids=["missing-letter", "lower-case", "singular"],
+)
+def test_a_misspelt_option_gets_the_closest_valid_name(typo: str, suggestion: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=rf"{typo}' \(did you mean '{suggestion}'\?\)"):
+        build({**EXPLICIT, typo: True})
 
 
 def test_unreachable_metadata_host_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import google.auth.transport.requests
@@ -34,6 +34,7 @@ from google.rpc import code_pb2
 
 from django_tasks_cloud_tasks import oidc
 from django_tasks_cloud_tasks.emulator import OIDC_CONFIG_METHOD, Emulator
+from tests.servers import BackgroundServer
 
 PROJECT = "demo-project"
 LOCATION = "us-central1"
@@ -74,12 +75,7 @@ class Target:
         self._changed = threading.Condition()
         self._hits: list[Hit] = []
         self._scripts: dict[str, list[Reply]] = {}
-        self._server = _TargetServer(("127.0.0.1", 0), _TargetHandler)
-        self._server.target = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._server = _TargetServer(self)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
@@ -103,8 +99,7 @@ class Target:
             self._scripts.clear()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
     def record(self, hit: Hit) -> Reply:
         with self._changed:
@@ -114,8 +109,10 @@ class Target:
             return script.pop(0) if script else Reply()
 
 
-class _TargetServer(ThreadingHTTPServer):
-    target: Target
+class _TargetServer(BackgroundServer):
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        super().__init__(_TargetHandler)
 
 
 class _TargetHandler(BaseHTTPRequestHandler):

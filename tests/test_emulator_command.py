@@ -9,9 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from threading import Thread
 from typing import Any
 
 import grpc
@@ -22,6 +21,9 @@ from google.cloud.scheduler_v1.services.cloud_scheduler.transports import (
     CloudSchedulerGrpcTransport,
 )
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+from django_tasks_cloud_tasks.config import LOCAL_LOCATION, LOCAL_PROJECT
+from tests.servers import BackgroundServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,10 +72,8 @@ class _Target(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def target() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Target)
-    Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook/"
-    server.shutdown()
+    with BackgroundServer(_Target) as server:
+        yield f"{server.base_url}/hook/"
 
 
 def test_the_command_serves_queues_of_the_backend_logs_dispatches_and_stops_on_ctrl_c(
@@ -107,16 +107,27 @@ def test_the_command_serves_queues_of_the_backend_logs_dispatches_and_stops_on_c
         proc.wait()
 
 
-def test_the_command_explains_what_to_set_when_the_backend_cannot_be_resolved() -> None:
-    unconfigured = {
-        "DJANGO_SETTINGS_MODULE": "tests.settings_unconfigured",
-        "GCE_METADATA_HOST": "127.0.0.1:9",
-    }
+def test_an_unconfigured_backend_gets_the_local_defaults_the_backend_uses_on_the_emulator() -> None:
+    unconfigured = {"DJANGO_SETTINGS_MODULE": "tests.settings_unconfigured"}
     proc = start("--port", str(free_port()), env=unconfigured)
+    try:
+        banner = read_line_containing(proc, "Cloud Tasks emulator on")
+        assert f"(project {LOCAL_PROJECT}, location {LOCAL_LOCATION}," in banner
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
+def test_the_command_explains_what_to_set_when_the_backend_cannot_be_resolved() -> None:
+    bad_project = {
+        "DJANGO_SETTINGS_MODULE": "tests.settings_unconfigured",
+        "GOOGLE_CLOUD_PROJECT": "not a project",
+    }
+    proc = start("--port", str(free_port()), env=bad_project)
     _, stderr = proc.communicate(timeout=30)
 
     assert proc.returncode == 1
-    assert "CLOUD_TASKS_PROJECT" in stderr
+    assert "'not a project' is not a valid Google Cloud project id" in stderr
     assert "--project and --location" in stderr
 
 

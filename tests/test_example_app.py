@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -228,7 +229,8 @@ def _row(driver: WebDriver, task_id: str) -> dict[str, Any] | None:
         const tr = document.querySelector(`tr[data-task-id="${arguments[0]}"]`);
         if (!tr) return null;
         const cell = (name) => tr.querySelector(`td.${name}`).textContent;
-        return {status: tr.dataset.status, attempts: Number(tr.dataset.attempts),
+        return {status: tr.dataset.status, state: tr.dataset.state,
+                attempts: Number(tr.dataset.attempts), shown_attempts: cell("attempts"),
                 task: cell("task"), queue: cell("queue"), result: cell("result")};
         """,
         task_id,
@@ -242,13 +244,14 @@ def _wait_for_row(
     task_id: str,
     what: str,
     check: Callable[[dict[str, Any]], bool],
+    timeout: float = TASK_TIMEOUT,
 ) -> dict[str, Any]:
     def matching() -> dict[str, Any] | None:
         row = _row(driver, task_id)
         return row if row is not None and check(row) else None
 
     try:
-        return _wait_until(matching, what, TASK_TIMEOUT, app)
+        return _wait_until(matching, what, timeout, app)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nlast shown: {_row(driver, task_id)}") from None
 
@@ -272,7 +275,9 @@ def test_adding_numbers_succeeds_with_the_sum(page: WebDriver, demo_app: DemoApp
     row = _wait_for_row(page, demo_app, task_id, "the sum", lambda r: r["status"] == "SUCCESSFUL")
     assert row == {
         "status": "SUCCESSFUL",
+        "state": "SUCCESSFUL",
         "attempts": 1,
+        "shown_attempts": "1",
         "task": "add_numbers",
         "queue": "default",
         "result": "8",
@@ -287,26 +292,38 @@ def test_urgent_task_runs_on_the_high_priority_queue(page: WebDriver, demo_app: 
     assert row["result"] == "Alerted: Disk full"
 
 
-def test_failing_task_is_retried_and_shows_its_error(page: WebDriver, demo_app: DemoApp) -> None:
-    task_id = _enqueue(page, demo_app, "fail")
+@pytest.fixture(scope="module")
+def failing_task(page: WebDriver, demo_app: DemoApp) -> str:
+    """The failing task, enqueued once: its 4 attempts take seconds, which the tests in between
+    (and the delayed task's wait) overlap."""
+    return _enqueue(page, demo_app, "fail")
 
-    row = _wait_for_row(
+
+def test_a_failing_task_shows_when_its_next_attempt_comes(
+    page: WebDriver, demo_app: DemoApp, failing_task: str
+) -> None:
+    retrying = _wait_for_row(
         page,
         demo_app,
-        task_id,
-        "a retried failure",
-        lambda r: r["status"] == "FAILED" and r["attempts"] >= 2,
+        failing_task,
+        "a failure waiting for its retry",
+        lambda r: r["state"] == "RETRYING",
     )
-    assert row["result"] == "RuntimeError: This task fails on purpose"
+    # The store says FAILED; the queue says another attempt comes, and when.
+    assert retrying["status"] == "FAILED"
+    assert re.fullmatch(r"[123] of 4 failed, next at .+", retrying["shown_attempts"])
+    assert retrying["queue"] == "retries"
+    assert retrying["result"] == "RuntimeError: This task fails on purpose"
 
 
 def test_delayed_task_waits_then_runs(page: WebDriver, demo_app: DemoApp) -> None:
-    delay = 3
+    delay = 2
     clicked = time.monotonic()
     task_id = _enqueue(page, demo_app, "delayed", name="Ada", delay=str(delay))
 
     waiting = _wait_for_row(page, demo_app, task_id, "the scheduled task", lambda r: True)
     assert (waiting["status"], waiting["attempts"]) == ("READY", 0)
+    assert re.fullmatch(r"0, scheduled for .+", waiting["shown_attempts"])
     time.sleep(max(0.0, clicked + delay / 2 - time.monotonic()))
     assert _row(page, task_id) == waiting
 
@@ -316,3 +333,17 @@ def test_delayed_task_waits_then_runs(page: WebDriver, demo_app: DemoApp) -> Non
     # The server fixed run_after after the click, and the page saw the run after that.
     assert time.monotonic() - clicked >= delay
     assert (done["result"], done["attempts"]) == ("Hello, Ada!", 1)
+
+
+def test_a_failing_task_is_given_up_after_its_last_attempt_with_a_line_each(
+    page: WebDriver, demo_app: DemoApp, failing_task: str
+) -> None:
+    # 4 attempts, 1 + 2 + 2 s of backoff apart: then the queue gives up.
+    given_up = _wait_for_row(
+        page, demo_app, failing_task, "the last attempt", lambda r: r["state"] == "FAILED", 30
+    )
+    assert (given_up["attempts"], given_up["shown_attempts"]) == (4, "4 of 4, gave up")
+    # One console line per attempt from the server, and no traceback.
+    server_log = (demo_app.log_dir / "server.log").read_text()
+    assert len(re.findall(r"always_fails: attempt \d failed: RuntimeError", server_log)) == 4
+    assert "Traceback" not in server_log

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from django_tasks_cloud_tasks import oidc
+from tests import examples
 from tests.conftest import backend_settings
 from tests.tasks import recorder
 from tests.tokens import (
@@ -156,7 +157,7 @@ def view_client(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @settings(
-    max_examples=10_000,
+    max_examples=examples.full(10_000),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -190,7 +191,7 @@ def google_certificates() -> Iterator[None]:
     server.close()
 
 
-@settings(max_examples=1_000, deadline=None)
+@settings(max_examples=examples.full(1_000), deadline=None)
 @given(token=signed_tokens | unsigned_tokens)
 def test_a_generated_token_is_accepted_only_if_google_auth_accepts_it_too(
     google_certificates: None, token: str

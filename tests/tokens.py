@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import google.auth.crypt
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from django_tasks_cloud_tasks.emulator.tokens import certificate_pem
+from tests.servers import BackgroundServer
 
 SERVICE_ACCOUNT = "invoker@test-project.iam.gserviceaccount.com"
 
@@ -57,25 +57,19 @@ def _base64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class CertificateServer(ThreadingHTTPServer):
+class CertificateServer(BackgroundServer):
     """Publishes public keys like https://www.googleapis.com/oauth2/v1/certs does."""
 
     def __init__(self, *keys: SigningKey) -> None:
-        super().__init__(("127.0.0.1", 0), _CertificateHandler)
         self.keys = list(keys)
         # Published as they are, with the keys' certificates, to see how verifiers cope with them.
         self.extra_entries: dict[str, Any] = {}
         self.fetches = 0
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
+        super().__init__(_CertificateHandler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/oauth2/v1/certs"
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
+        return f"{self.base_url}/oauth2/v1/certs"
 
 
 class _CertificateHandler(BaseHTTPRequestHandler):

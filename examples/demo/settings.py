@@ -84,17 +84,32 @@ TASKS = {
 }
 
 
+_EXECUTE_PATH = "/cloudtasks/execute/"
+
+
 def _not_polling(record: logging.LogRecord) -> bool:
-    return "GET /tasks/ " not in record.getMessage()
+    # Neither the page's polling of the task list every second nor the deliveries of tasks, which
+    # the emulator logs itself (one line per attempt, with the retry count) and demo/outcomes.py
+    # sums up.
+    message = record.getMessage()
+    return "GET /tasks/ " not in message and f"POST {_EXECUTE_PATH} " not in message
 
 
-# Show the tasks' own log lines next to the server's request log, without the page's polling of
-# the task list every second, which would bury the rest.
+def _not_a_delivery(record: logging.LogRecord) -> bool:
+    # A task that raised is answered with a 500 so that Cloud Tasks retries it: that is not a
+    # server error worth a traceback per attempt.
+    request = getattr(record, "request", None)
+    return getattr(request, "path", None) != _EXECUTE_PATH
+
+
+# One line per task attempt (demo/outcomes.py) and the tasks' own log lines, next to the server's
+# request log without what would bury them.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
         "not_polling": {"()": "django.utils.log.CallbackFilter", "callback": _not_polling},
+        "not_a_delivery": {"()": "django.utils.log.CallbackFilter", "callback": _not_a_delivery},
     },
     "formatters": {
         "django.server": {
@@ -105,6 +120,8 @@ LOGGING = {
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler"},
+        "null": {"class": "logging.NullHandler"},
+        "requests": {"class": "logging.StreamHandler", "filters": ["not_a_delivery"]},
         "django.server": {
             "class": "logging.StreamHandler",
             "formatter": "django.server",
@@ -113,6 +130,9 @@ LOGGING = {
     },
     "loggers": {
         "demo": {"handlers": ["console"], "level": "INFO"},
+        # Each attempt's outcome is logged by demo/outcomes.py, without the traceback.
+        "django.tasks": {"handlers": ["null"], "propagate": False},
+        "django.request": {"handlers": ["requests"], "level": "ERROR", "propagate": False},
         "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
     },
 }

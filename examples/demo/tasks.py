@@ -55,9 +55,10 @@ def report_context(context: TaskContext[..., Any], message: str) -> dict[str, An
     }
 
 
-@task
+# On its own queue, which gives a task 4 attempts a few seconds apart (demo/queues.py): answering
+# 500 makes Cloud Tasks retry with that backoff, then give up.
+@task(queue_name="retries")
 def always_fails() -> None:
-    # Answering 500 makes Cloud Tasks retry with the queue's backoff: watch the attempts grow.
     raise RuntimeError("This task fails on purpose")
 
 

@@ -18,6 +18,7 @@ from django_tasks_cloud_tasks import CloudTasksBackend, CloudTasksError
 from django_tasks_cloud_tasks.models import TaskRecord
 
 from . import tasks
+from .queues import RETRIES_POLICY, UNKNOWN, QueueLookup, ensure_queue
 
 RECENT_TASKS = 20
 MAX_DELAY_SECONDS = 3600
@@ -25,8 +26,7 @@ MAX_DELAY_SECONDS = 3600
 
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    backend = cast(CloudTasksBackend, default_task_backend)
-    return render(request, "demo/index.html", {"cloud_tasks": backend.config})
+    return render(request, "demo/index.html", {"cloud_tasks": _backend().config})
 
 
 @require_POST
@@ -54,32 +54,63 @@ def enqueue(request: HttpRequest, kind: str) -> JsonResponse:
 
 @require_GET
 def recent_tasks(request: HttpRequest) -> JsonResponse:
+    config = _backend().config
+    lookup = QueueLookup(config)
     records = TaskRecord.objects.order_by("-enqueued_at")[:RECENT_TASKS]
-    return JsonResponse({"tasks": [_describe(result) for result in _results(records)]})
+    return JsonResponse(
+        {"tasks": [_describe(r, result, lookup) for r, result in _results(records)]}
+    )
 
 
-def _results(records: Iterable[TaskRecord]) -> Iterator[TaskResult[..., Any]]:
+def _backend() -> CloudTasksBackend:
+    return cast(CloudTasksBackend, default_task_backend)
+
+
+def _results(
+    records: Iterable[TaskRecord],
+) -> Iterator[tuple[TaskRecord, TaskResult[..., Any]]]:
     for record in records:
         try:
-            yield record.to_task_result()
+            yield record, record.to_task_result()
         except InvalidTask:
             # Its task was since removed from demo/tasks.py: nothing left to show it with.
             continue
 
 
-def _describe(result: TaskResult[..., Any]) -> dict[str, Any]:
-    succeeded = result.status == TaskResultStatus.SUCCESSFUL
+def _describe(
+    record: TaskRecord, result: TaskResult[..., Any], lookup: QueueLookup
+) -> dict[str, Any]:
+    status = result.status
+    succeeded = status == TaskResultStatus.SUCCESSFUL
+    queue_id = _backend().config.cloud_queue_for(result.task.queue_name, result.task.priority)
+    # What the queue will still do: only asked of tasks not finished for good.
+    in_queue = UNKNOWN if succeeded else lookup.in_queue(record.cloud_task_name)
+    next_at = in_queue.next_attempt_at
     return {
         "id": result.id,
         "task": result.task.name,
         "queue": result.task.queue_name,
         "priority": result.task.priority,
-        "status": result.status,
+        "status": status,
+        "state": _state(status, in_queue.held),
         "attempts": result.attempts,
+        "max_attempts": None if succeeded else lookup.max_attempts(queue_id),
+        "next_attempt_at": next_at.isoformat() if in_queue.held and next_at else None,
         "return_value": result.return_value if succeeded else None,
         "error": _last_line(result.errors[-1].traceback) if result.errors else None,
         "enqueued_at": result.enqueued_at.isoformat() if result.enqueued_at else None,
     }
+
+
+def _state(status: TaskResultStatus, held: bool | None) -> str:
+    """What the page shows: the store's status, corrected by what the queue will still do."""
+    if held is None or status == TaskResultStatus.SUCCESSFUL:
+        return str(status)
+    if status == TaskResultStatus.FAILED:
+        # Failed so far; the queue retries it, or has given up on it.
+        return "RETRYING" if held else "FAILED"
+    # READY or RUNNING, yet the queue has forgotten it: an emulator restarted without its state.
+    return str(status) if held else "LOST"
 
 
 def _last_line(traceback: str) -> str:
@@ -128,12 +159,17 @@ def _delayed(data: QueryDict) -> TaskResult[..., Any]:
     return tasks.delayed_greeting.using(run_after=run_after).enqueue(_text(data, "name"))
 
 
+def _failing(data: QueryDict) -> TaskResult[..., Any]:
+    ensure_queue(_backend().config, tasks.always_fails.queue_name, RETRIES_POLICY)
+    return tasks.always_fails.enqueue()
+
+
 ENQUEUERS: dict[str, Callable[[QueryDict], TaskResult[..., Any]]] = {
     "add": lambda data: tasks.add_numbers.enqueue(_number(data, "a"), _number(data, "b")),
     "notify": lambda data: tasks.send_notification.enqueue(_text(data, "message")),
     "process": lambda data: tasks.process_data.enqueue(_numbers(data, "numbers")),
     "urgent": lambda data: tasks.urgent_alert.enqueue(_text(data, "message")),
     "context": lambda data: tasks.report_context.enqueue(_text(data, "message")),
-    "fail": lambda data: tasks.always_fails.enqueue(),
+    "fail": _failing,
     "delayed": _delayed,
 }

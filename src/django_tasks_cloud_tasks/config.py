@@ -1,6 +1,10 @@
 """One validated configuration per backend alias.
 
-It is resolved from OPTIONS, the environment and the metadata server.
+It is resolved from OPTIONS, the environment and the metadata server. With
+``CLOUD_TASKS_EMULATOR_HOST`` set, the metadata server is not asked: what OPTIONS and the
+environment leave open takes the local defaults below, which the emulator command uses too, so a
+new project runs on a laptop with that one variable. Off Google Cloud without it, everything
+missing is reported in one message with a block to paste.
 
 Django builds a backend instance per thread and per async context, so the resolved configuration is
 cached per process, keyed by everything it was resolved from: settings changes (``TASKS``) and
@@ -9,6 +13,7 @@ environment changes both produce a new configuration, while repeated constructio
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import threading
@@ -38,6 +43,11 @@ MAX_DISPATCH_DEADLINE = timedelta(minutes=30)
 # What Cloud Tasks waits for an HTTP target when the task sets no dispatch deadline.
 DEFAULT_DISPATCH_DEADLINE = timedelta(minutes=10)
 _APP = "django_tasks_cloud_tasks"
+# On the emulator: a project and location that need no Google Cloud account, and where
+# ``manage.py runserver`` listens by default.
+LOCAL_PROJECT = "local-project"
+LOCAL_LOCATION = "us-central1"
+LOCAL_HANDLER_HOST = "http://127.0.0.1:8000"
 
 ENVIRONMENT_VARIABLES = (
     "GOOGLE_CLOUD_PROJECT",
@@ -171,19 +181,22 @@ class _Resolver:
         self.options = options
         self.env = os.environ
         self.metadata_errors: list[str] = []
+        self.on_emulator = bool(self.env.get("CLOUD_TASKS_EMULATOR_HOST"))
 
     def resolve(self) -> CloudTasksConfig:
         unknown = sorted(set(self.options) - OPTION_NAMES)
         if unknown:
             raise self.error(
-                f"unknown OPTIONS {', '.join(map(repr, unknown))}. "
+                f"unknown OPTIONS {', '.join(map(_with_suggestion, unknown))}. "
                 f"Valid options are {', '.join(sorted(OPTION_NAMES))}."
             )
         emulator_host = self.env.get("CLOUD_TASKS_EMULATOR_HOST") or None
         project = self.project()
         location = self.location()
         handler_host = self.handler_host(project)
-        email = self.service_account_email(on_emulator=emulator_host is not None)
+        if not (project and location and handler_host):
+            raise self.missing(project=project, location=location, handler_host=handler_host)
+        email = self.service_account_email(on_emulator=self.on_emulator)
         return CloudTasksConfig(
             alias=self.alias,
             project=project,
@@ -214,47 +227,73 @@ class _Resolver:
         return value or None
 
     def metadata(self, path: str) -> str | None:
+        if self.on_emulator:
+            return None  # Local development: Google Cloud's facts do not apply.
         try:
             return metadata.read(path)
         except metadata.MetadataUnavailable as exc:
             self.metadata_errors.append(str(exc))
             return None
 
-    def missing(self, what: str, option: str, variables: str) -> ImproperlyConfigured:
+    def missing(
+        self, *, project: str | None, location: str | None, handler_host: str | None
+    ) -> ImproperlyConfigured:
+        """Everything that could not be determined, in one message with a block to paste."""
+        lacking = [
+            (what, option, variable, example)
+            for value, what, option, variable, example in (
+                (project, "the Google Cloud project", "CLOUD_TASKS_PROJECT",
+                 "GOOGLE_CLOUD_PROJECT", "my-project"),
+                (location, "the Cloud Tasks location", "CLOUD_TASKS_LOCATION",
+                 "CLOUD_TASKS_LOCATION", "us-central1"),
+                (handler_host, "the URL that Cloud Tasks should call", "TASK_HANDLER_HOST",
+                 "SERVICE_URL", "https://my-service-123456789.us-central1.run.app"),
+            )
+            if not value
+        ]  # fmt: skip
+        whats = [what for what, *_ in lacking]
+        listed = ", ".join(whats[:-1]) + " and " + whats[-1] if len(whats) > 1 else whats[0]
         reason = ""
         if self.metadata_errors:
             reason = f" The metadata server did not answer: {self.metadata_errors[0]}."
+        options = "".join(f'\n        "{option}": "{ex}",' for _, option, _, ex in lacking)
+        variables = " ".join(f"{variable}=..." for _, _, variable, _ in lacking)
         return self.error(
-            f"could not determine the {what}. Set OPTIONS[{option!r}] or the environment "
-            f"variable {variables}.{reason}"
+            f"could not determine {listed} (not on Cloud Run or App Engine).{reason}\n"
+            "For local development, set CLOUD_TASKS_EMULATOR_HOST=127.0.0.1:8123 in the "
+            "environment (and run manage.py cloudtasks_emulator): local defaults then apply.\n"
+            f"Otherwise set the environment variables {variables}, or add to "
+            f"TASKS[{self.alias!r}]:\n"
+            f'    "OPTIONS": {{{options}\n    }},'
         )
 
-    def project(self) -> str:
+    def local_default(self, value: str) -> str | None:
+        return value if self.on_emulator else None
+
+    def project(self) -> str | None:
         project = (
             self.option("CLOUD_TASKS_PROJECT")
             or self.env.get("GOOGLE_CLOUD_PROJECT")
             or _app_engine_project(self.env.get("GAE_APPLICATION"))
             or self.metadata("project/project-id")
+            or self.local_default(LOCAL_PROJECT)
         )
         if not project:
-            raise self.missing(
-                "Google Cloud project", "CLOUD_TASKS_PROJECT", "GOOGLE_CLOUD_PROJECT"
-            )
+            return None
         if not _PROJECT_ID.fullmatch(project):
             raise self.error(f"{project!r} is not a valid Google Cloud project id.")
         return project
 
-    def location(self) -> str:
+    def location(self) -> str | None:
         location = (
             self.option("CLOUD_TASKS_LOCATION")
             or self.env.get("CLOUD_TASKS_LOCATION")
             or self.env.get("CLOUD_RUN_REGION")
             or self.region()
+            or self.local_default(LOCAL_LOCATION)
         )
         if not location:
-            raise self.missing(
-                "Cloud Tasks location", "CLOUD_TASKS_LOCATION", "CLOUD_TASKS_LOCATION"
-            )
+            return None
         if not _LOCATION.fullmatch(location):
             raise self.error(
                 f"{location!r} is not a valid Cloud Tasks location (e.g. 'us-central1')."
@@ -266,17 +305,16 @@ class _Resolver:
         region = self.metadata("instance/region")
         return region.rsplit("/", 1)[-1] if region else None
 
-    def handler_host(self, project: str) -> str:
+    def handler_host(self, project: str | None) -> str | None:
         host = (
             self.option("TASK_HANDLER_HOST")
             or self.env.get("SERVICE_URL")
             or self.cloud_run_url()
-            or _app_engine_url(self.env.get("GAE_SERVICE"), project)
+            or (project and _app_engine_url(self.env.get("GAE_SERVICE"), project))
+            or self.local_default(LOCAL_HANDLER_HOST)
         )
         if not host:
-            raise self.missing(
-                "URL that Cloud Tasks should call", "TASK_HANDLER_HOST", "SERVICE_URL"
-            )
+            return None
         parts = urlsplit(host)
         if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path.strip("/"):
             raise self.error(
@@ -397,6 +435,11 @@ class _Resolver:
                 "between 15 and 1800."
             )
         return deadline
+
+
+def _with_suggestion(name: str) -> str:
+    close = difflib.get_close_matches(name.upper(), OPTION_NAMES, n=1, cutoff=0.6)
+    return f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
 
 
 def _as_timedelta(value: object) -> timedelta | None:

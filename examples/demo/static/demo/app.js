@@ -49,22 +49,46 @@ function describeResult(task) {
   return task.error ?? "";
 }
 
+const time = (iso) => new Date(iso).toLocaleTimeString();
+
+// What the queue will still do: the next attempt of a failing task, the scheduled time of a
+// delayed one, or that it gave up.
+function describeAttempts(task) {
+  const outOf = task.max_attempts && task.attempts > 0;
+  const count = outOf ? `${task.attempts} of ${task.max_attempts}` : `${task.attempts}`;
+  switch (task.state) {
+    case "RETRYING":
+      return `${count} failed, next at ${time(task.next_attempt_at)}`;
+    case "READY":
+      return task.next_attempt_at && new Date(task.next_attempt_at) > Date.now()
+        ? `${count}, scheduled for ${time(task.next_attempt_at)}`
+        : count;
+    case "FAILED":
+      return `${count}, gave up`;
+    case "LOST":
+      return `${count}, no longer queued (emulator restarted)`;
+    default:
+      return count;
+  }
+}
+
 function row(task) {
   const tr = document.createElement("tr");
   tr.dataset.taskId = task.id;
   tr.dataset.status = task.status;
+  tr.dataset.state = task.state;
   tr.dataset.attempts = task.attempts;
   const badge = document.createElement("span");
-  badge.className = `badge ${task.status}`;
-  badge.textContent = task.status;
+  badge.className = `badge ${task.state}`;
+  badge.textContent = task.state;
   const result = cell("result", describeResult(task));
   result.classList.toggle("error", task.status !== "SUCCESSFUL" && Boolean(task.error));
-  const enqueued = task.enqueued_at ? new Date(task.enqueued_at).toLocaleTimeString() : "";
+  const enqueued = task.enqueued_at ? time(task.enqueued_at) : "";
   tr.append(
     cell("task", task.task),
     cell("queue", task.priority ? `${task.queue} (priority ${task.priority})` : task.queue),
     cell("status", badge),
-    cell("attempts", String(task.attempts)),
+    cell("attempts", describeAttempts(task)),
     result,
     cell("enqueued", enqueued),
   );

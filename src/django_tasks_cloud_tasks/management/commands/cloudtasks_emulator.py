@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any
@@ -59,6 +60,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # This process talks to this emulator: the backend's local defaults (project, location)
+        # apply here as in the terminal of the server, whether or not this one exported it.
+        os.environ.setdefault("CLOUD_TASKS_EMULATOR_HOST", f"{options['host']}:{options['port']}")
         project, location, queues, declared = self._placement(options)
         try:
             emulator = Emulator(
