@@ -132,6 +132,7 @@ LOGGING = {
         "demo": {"handlers": ["console"], "level": "INFO"},
         # Each attempt's outcome is logged by demo/outcomes.py, without the traceback.
         "django.tasks": {"handlers": ["null"], "propagate": False},
+        "django_tasks_cloud_tasks.execution": {"handlers": ["null"], "propagate": False},
         "django.request": {"handlers": ["requests"], "level": "ERROR", "propagate": False},
         "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
     },
