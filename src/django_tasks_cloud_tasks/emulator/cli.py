@@ -97,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(env CLOUD_TASKS_EMULATOR_QUEUE_REUSE_WAIT; default 604800, Cloud Tasks' 7 days).",
     )
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        default=env_value("QUIET") not in (None, "0", "false"),
+        help="Do not log each attempt (env CLOUD_TASKS_EMULATOR_QUIET=1).",
+    )
+    parser.add_argument(
         "--task-name-reuse-wait",
         type=float,
         metavar="SECONDS",
@@ -128,7 +134,7 @@ def build(
             location=location,
             queues=tuple(queues),
             token_port=options["token_port"],
-            log=log,
+            log=None if options["quiet"] else log,
             issuer=options["issuer"],
             state_file=options["state_file"],
             queue_reuse_seconds=options["queue_reuse_wait"],
