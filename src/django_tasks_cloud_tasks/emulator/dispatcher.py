@@ -21,7 +21,7 @@ up another for long:
 
 Threads rather than an event loop: a blocking ``requests`` session per thread is what the
 emulator already used, an attempt waiting on a slow target costs a parked thread and nothing
-more, and the benchmark (docs/emulator.md) shows the pool, not the HTTP client, was the limit.
+more, and the benchmark (docs/performance.md) shows the pool, not the HTTP client, was the limit.
 """
 
 from __future__ import annotations
@@ -119,7 +119,11 @@ class Dispatcher:
                     self._backlog.wait()
                     continue
                 finished, cpu, spare = self._finished, time.process_time(), _SpareCpu()
-                self._backlog.wait(GROW_INTERVAL)
+                # A full interval, whatever wakes the condition meanwhile: over a shorter one,
+                # "nothing finished" would be a matter of chance.
+                deadline = time.monotonic() + GROW_INTERVAL
+                while (left := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
+                    self._backlog.wait(left)
                 stalled = stalled + 1 if self._finished == finished else 0
                 if stalled >= 2:
                     # Nothing finished for two intervals: every worker waits on a target.
