@@ -28,7 +28,8 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#222}
 h1{font-size:1.3rem}h2{font-size:1.1rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
-th{background:#f3f3f3}form{display:inline}.PAUSED{color:#b00}.RUNNING{color:#070}
+th{background:#f3f3f3}form{display:inline}.PAUSED,.failure{color:#b00}
+.RUNNING,.success{color:#070}
 details{max-width:40rem}code{font-size:12px}
 """
 
@@ -162,21 +163,22 @@ def _records(records: list[DispatchRecord]) -> str:
     rows = []
     for record in records:
         status = "no response" if record.status < 0 else str(record.status)
+        outcome = "success" if 200 <= record.status < 300 else "failure"
         headers = "".join(
             f"{_e(key)}: {_e(_shorten(key, value))}<br>" for key, value in record.headers.items()
         )
         rows.append(
             f"<tr><td>{_time(record.started_at)}</td><td>{_e(record.queue)}</td>"
             f"<td>{_e(record.task)}</td><td>{record.attempt}</td>"
-            f"<td class='status'>{status}</td><td>{record.duration * 1000:.0f} ms</td>"
+            f"<td class='{outcome}'>{outcome}</td><td class='status'>{status}</td>"
+            f"<td>{record.duration * 1000:.0f} ms</td>"
             f"<td>{_e(record.url)}</td>"
             f"<td><details><summary>headers</summary><code>{headers}</code></details></td></tr>"
         )
     return (
         "<table class='attempts'><tr><th>Started</th><th>Queue</th><th>Task</th><th>Retry</th>"
-        "<th>Status</th><th>Duration</th><th>URL</th><th>Headers sent</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<th>Outcome</th><th>HTTP status</th><th>Duration</th><th>URL</th><th>Headers sent</th>"
+        "</tr>" + "".join(rows) + "</table>"
     )
 
 
