@@ -5,8 +5,9 @@ The emulator runs standalone (``python -m django_tasks_cloud_tasks.emulator --qu
 target (``benchmarks/target.py``, asyncio, answering at once or after 500 ms) in processes of
 their own. Each sample fills a paused queue whose burst admits every task at once, resumes it
 and waits until the target has answered them all. The floor is the same target driven by the
-same HTTP client the emulator uses (a keep-alive ``requests.Session`` per thread, 64 threads)
-with no emulator in between: what dispatch could reach if scheduling cost nothing.
+same HTTP client the emulator uses (``emulator/sender.py``: keep-alive ``http.client``
+connections, one ``Sender`` per thread, 32 threads as the emulator starts) with no emulator in
+between: what dispatch could reach if scheduling, retries and bookkeeping cost nothing.
 """
 
 from __future__ import annotations
@@ -87,22 +88,22 @@ def dispatch_run(client: Any, emulator: subprocess.Popen[bytes], target: str, pa
     return tasks / elapsed, cpu / tasks, seen["peak"]
 
 
-def floor_run(target: str, path: str, tasks: int, threads: int = 64) -> tuple[float, float]:
+def floor_run(target: str, path: str, tasks: int, threads: int = 32) -> tuple[float, float]:
     """(requests a second, this process's CPU seconds per request) without the emulator."""
-    import requests
+    from django_tasks_cloud_tasks.emulator.sender import Sender
 
     left = iter(range(tasks))
     lock = threading.Lock()
+    headers = {"User-Agent": "Google-Cloud-Tasks", "Content-Type": "application/json"}
 
     def work() -> None:
-        with requests.Session() as session:
-            session.headers.clear()
-            session.trust_env = False
-            while True:
-                with lock:
-                    if next(left, None) is None:
-                        return
-                session.post(target + path, data=b"{}", timeout=30).close()
+        sender = Sender()
+        while True:
+            with lock:
+                if next(left, None) is None:
+                    break
+            sender.send("POST", target + path, headers, b"{}", 30)
+        sender.close()
 
     cpu = time.process_time()
     start = time.perf_counter()

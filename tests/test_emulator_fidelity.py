@@ -5,6 +5,7 @@ deleted queues' names. Driven by the unmodified client over real gRPC."""
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,6 +19,7 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from django_tasks_cloud_tasks.emulator import Emulator
+from django_tasks_cloud_tasks.emulator.sender import Sender
 from tests.test_emulator import LOCATION, PROJECT, Reply, Target, http_task
 
 LOCATION_NAME = f"projects/{PROJECT}/locations/{LOCATION}"
@@ -233,3 +235,64 @@ def test_with_no_wait_a_deleted_queues_name_can_be_used_at_once(
     name = new_queue(em)
     client.delete_queue(name=name)
     assert client.create_queue(parent=LOCATION_NAME, queue={"name": name}).name == name
+
+
+# The HTTP exchange
+
+
+class ClosingTarget:
+    """Answers each request on a keep-alive connection, then closes it without saying so, as a
+    server whose idle timeout has passed does."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._sock.accept()
+            except OSError:
+                return
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(4096)
+                self.requests += 1
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def test_a_keep_alive_connection_the_target_closed_is_not_a_failed_attempt(
+    em: Emulator, client: tasks_v2.CloudTasksClient
+) -> None:
+    closing = ClosingTarget()
+    queue = new_queue(em, max_concurrent_dispatches=1)
+    for _ in range(3):
+        client.create_task(parent=queue, task=http_task(closing.url))
+        assert em.wait_until_idle(10)
+    closing.close()
+    assert [d.status for d in em.dispatches] == [200, 200, 200]
+    assert closing.requests == 3
+
+
+def test_a_url_is_sent_quoted_as_http_requires(
+    em: Emulator, client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue = new_queue(em)
+    client.create_task(parent=queue, task=http_task(target.url("/a path/é?q=a b&r=%2F")))
+    (hit,) = target.wait_for_hits(1)
+    assert hit.path == "/a%20path/%C3%A9?q=a%20b&r=%2F"
+
+
+def test_an_answer_slower_than_the_deadline_is_a_timeout() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        sender = Sender()
+        with pytest.raises(TimeoutError):
+            sender.send("POST", silent_url, {}, b"x", timeout=0.2)
+        sender.close()

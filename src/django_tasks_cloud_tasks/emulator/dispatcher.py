@@ -2,9 +2,9 @@
 
 A scheduler thread takes attempts from the store as they become due and allowed (the store
 applies each queue's rate and ``max_concurrent_dispatches``), and hands them to worker threads,
-each worker with its own keep-alive ``requests.Session``. There is no fixed pool, so the number
-of attempts in flight is bounded only by the queues' own limits and one slow queue never holds
-up another for long:
+each worker with its own keep-alive connections (``sender.py``). There is no fixed pool, so the
+number of attempts in flight is bounded only by the queues' own limits and one slow queue never
+holds up another for long:
 
 - up to ``BASE_WORKERS`` workers start as soon as attempts wait for one;
 - beyond that, while attempts wait, a grower thread doubles the workers every
@@ -19,25 +19,22 @@ up another for long:
   in flight within a few hundred milliseconds;
 - a worker idle for ``IDLE_WORKER_SECONDS`` exits.
 
-Threads rather than an event loop: a blocking ``requests`` session per thread is what the
-emulator already used, an attempt waiting on a slow target costs a parked thread and nothing
-more, and the benchmark (docs/performance.md) shows the pool, not the HTTP client, was the limit.
+Threads rather than an event loop: blocking connections per thread are what the emulator
+already used, and an attempt waiting on a slow target costs a parked thread and nothing more.
 """
 
 from __future__ import annotations
 
-import http.cookiejar
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 
-import requests
-
 from .attempts import NO_RESPONSE
 from .records import DispatchRecord, Job
 from .retry import retry_after_seconds
+from .sender import Sender
 from .state import Store
 from .tokens import TokenSigner
 
@@ -148,21 +145,17 @@ class Dispatcher:
         thread.start()
 
     def _work(self) -> None:
-        with requests.Session() as session:
-            # Send only what the task and Cloud Tasks specify: not requests' default headers, nor
-            # cookies from earlier responses, nor proxies and credentials from the environment.
-            # Skipping the cookie and environment work also saves a quarter of the CPU time of
-            # each attempt.
-            session.headers.clear()
-            session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-            session.trust_env = False
+        sender = Sender()
+        try:
             while (job := self._next_job()) is not None and not self._stopping.is_set():
-                self._attempt(session, job)
+                self._attempt(sender, job)
                 with self._pool_lock:
                     self._idle += 1
                     self._finished += 1
-        with self._pool_lock:
-            self._workers.discard(threading.current_thread())
+        finally:
+            sender.close()
+            with self._pool_lock:
+                self._workers.discard(threading.current_thread())
 
     def _next_job(self) -> Job | None:
         """The next job, or None when stopping or after IDLE_WORKER_SECONDS without one."""
@@ -176,7 +169,7 @@ class Dispatcher:
                         self._idle -= 1
                         return None
 
-    def _attempt(self, session: requests.Session, job: Job) -> None:
+    def _attempt(self, sender: Sender, job: Job) -> None:
         entry = job.entry
         target = entry.target
         headers = dict(job.headers)
@@ -188,25 +181,17 @@ class Dispatcher:
         status = NO_RESPONSE
         retry_after = None
         timed_out = False
-        redirect = ""
         try:
+            answer = sender.send(target.method, target.url, headers, target.body, target.timeout)
+            status = answer.status
+            retry_after = retry_after_seconds(status, answer.retry_after)
+            outcome = str(status)
             # Redirects are not followed: a 3xx is a failed attempt, which makes a misrouted
             # URL (say, a missing trailing slash) visible instead of silently turning a POST
             # into a GET without its body. See docs/emulator.md.
-            with session.request(
-                target.method,
-                target.url,
-                headers=headers,
-                data=target.body,
-                timeout=target.timeout,
-                allow_redirects=False,
-            ) as response:
-                status = response.status_code
-                retry_after = retry_after_seconds(status, response.headers.get("Retry-After"))
-                if response.is_redirect:
-                    redirect = f" (redirect to {response.headers['Location']} not followed)"
-            outcome = str(status) + redirect
-        except requests.Timeout:
+            if 300 <= status < 400 and answer.location is not None:
+                outcome += f" (redirect to {answer.location} not followed)"
+        except TimeoutError:
             timed_out = True
             outcome = "timeout"
         # Whatever goes wrong, the attempt must settle, or the task would stay in flight forever.
