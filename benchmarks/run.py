@@ -471,6 +471,7 @@ def main() -> None:
     import django
     from django.core.management import call_command
 
+    from benchmarks.dispatch import dispatch_figures
     from django_tasks_cloud_tasks import client
     from django_tasks_cloud_tasks.emulator import Emulator
 
@@ -491,6 +492,7 @@ def main() -> None:
         figures += enqueue_figures(repeat, count, emulator_host)
         figures.append(store_enqueue_figure(repeat, count))
         figures += cold_start_figures(repeat, emulator_host)
+    figures += dispatch_figures(repeat, options.quick)
     # The view benchmark needs only the emulator's keys (for OIDC tokens): run it in-process.
     with Emulator(project=PROJECT, location=LOCATION, queues=()) as emulator:
         figures += view_figures(repeat, count, emulator, database)

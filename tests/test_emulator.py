@@ -254,11 +254,13 @@ def test_queue_errors(em: Emulator, client: tasks_v2.CloudTasksClient) -> None:
         client.delete_queue(name=f"{LOCATION_NAME}/queues/missing", retry=None)
 
 
-def test_unregistered_methods_are_unimplemented(
+def test_unregistered_methods_are_unimplemented_and_say_it_is_the_emulator(
     em: Emulator, client: tasks_v2.CloudTasksClient
 ) -> None:
-    with pytest.raises(exceptions.MethodNotImplemented):
-        client.get_iam_policy(resource=DEFAULT_QUEUE)
+    with pytest.raises(exceptions.MethodNotImplemented) as refused:
+        client.get_iam_policy(resource=DEFAULT_QUEUE, retry=None)
+    assert "The Cloud Tasks emulator does not implement" in refused.value.message
+    assert "GetIamPolicy" in refused.value.message
 
 
 # Tasks over the API

@@ -195,3 +195,33 @@ def test_the_command_creates_the_declared_queues_and_schedules() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
+
+
+def test_the_command_keeps_its_queues_and_tasks_in_a_state_file(tmp_path: Path) -> None:
+    port = free_port()
+    state = ["--port", str(port), "--state-file", str(tmp_path / "state.sqlite3")]
+    parent = "projects/test-project/locations/us-central1"
+    proc = start(*state, "--queue", "kept")
+    try:
+        read_line_containing(proc, "Cloud Tasks emulator on")
+        client = tasks_v2.CloudTasksClient(
+            transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel(f"127.0.0.1:{port}"))
+        )
+        client.pause_queue(name=f"{parent}/queues/kept")
+        client.create_task(
+            parent=f"{parent}/queues/kept", task={"http_request": {"url": "http://127.0.0.1:9/"}}
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+    proc = start(*state)
+    try:
+        banner = read_line_containing(proc, "Cloud Tasks emulator on")
+        assert "queues: default" in banner
+        queues = {q.name.rsplit("/", 1)[1]: q for q in client.list_queues(parent=parent)}
+        assert queues["kept"].state == tasks_v2.Queue.State.PAUSED
+        assert len(client.list_tasks(parent=f"{parent}/queues/kept").tasks) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0

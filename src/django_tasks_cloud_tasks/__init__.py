@@ -30,11 +30,20 @@ Process-wide caches, what clears them, and why each is safe to keep:
   dropped in a forked child, whose gRPC channels would not work.
 - ``oidc`` and ``metadata`` HTTP transports (google-auth's), and ``statements``' SQL text per
   database vendor: for the life of the process.
+
+The names below are imported on first use, so that the emulator (``.emulator``) can run in a
+process that never imports Django.
 """
 
-from .attempts import CloudTask, task
-from .backend import CloudTasksBackend
-from .exceptions import CloudTasksError, PayloadTooLarge, PermanentFailure
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .attempts import CloudTask, task
+    from .backend import CloudTasksBackend
+    from .exceptions import CloudTasksError, PayloadTooLarge, PermanentFailure
 
 __all__ = [
     "CloudTask",
@@ -45,3 +54,20 @@ __all__ = [
     "task",
 ]
 __version__ = "0.2.0"
+
+_LAZY = {
+    "CloudTask": ".attempts",
+    "task": ".attempts",
+    "CloudTasksBackend": ".backend",
+    "CloudTasksError": ".exceptions",
+    "PayloadTooLarge": ".exceptions",
+    "PermanentFailure": ".exceptions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 from google.api_core.exceptions import InvalidArgument, MethodNotImplemented
 from google.cloud import tasks_v2
@@ -46,7 +47,10 @@ def configure(queue: tasks_v2.Queue) -> QueueSettings:
     # Clients before google-cloud-tasks 2.25 have no http_target field at all.
     routing = ("http_target", "app_engine_routing_override")
     if any(field in type(queue).meta.fields and field in queue for field in routing):
-        raise MethodNotImplemented("The emulator does not support queue-level routing.")
+        raise MethodNotImplemented(
+            "The Cloud Tasks emulator does not support queue-level routing "
+            "(http_target, app_engine_routing_override): set the URL on each task instead."
+        )
     # Sub-message wrappers write through to ``queue``.
     rates = queue.rate_limits
     retry = queue.retry_config
@@ -70,11 +74,41 @@ def configure(queue: tasks_v2.Queue) -> QueueSettings:
         max_doublings=retry.max_doublings,
         max_retry_duration=retry.max_retry_duration.total_seconds(),
     )
-    _check(settings)
+    _check(settings, "Invalid queue configuration")
     return settings
 
 
-def _check(settings: QueueSettings) -> None:
+def retry_overrides(retry: Any) -> dict[str, Any]:
+    """The fields a task's raw ``RetryConfig`` message sets, durations in seconds.
+
+    As for queues, proto3 cannot tell an unset number from 0: a field left at 0 keeps the
+    queue's value.
+    """
+    overrides: dict[str, Any] = {}
+    for field in ("max_attempts", "max_doublings"):
+        if value := getattr(retry, field):
+            overrides[field] = value
+    for field in ("min_backoff", "max_backoff", "max_retry_duration"):
+        duration = getattr(retry, field)
+        if duration.seconds or duration.nanos:
+            overrides[field] = duration.seconds + duration.nanos / 1e9
+    return overrides
+
+
+def with_overrides(settings: QueueSettings, overrides: dict[str, Any] | None) -> QueueSettings:
+    """``settings`` with a task's own retry settings in place of the queue's.
+
+    Raises InvalidArgument if the result is inconsistent (say, a task's min_backoff above its
+    queue's max_backoff).
+    """
+    if not overrides:
+        return settings
+    merged = replace(settings, **overrides)
+    _check(merged, "Invalid task retry_config")
+    return merged
+
+
+def _check(settings: QueueSettings, problem: str) -> None:
     problems = []
     if not 0 < settings.rate <= MAX_RATE:
         problems.append(f"max_dispatches_per_second must be in (0, {MAX_RATE:g}]")
@@ -91,4 +125,4 @@ def _check(settings: QueueSettings) -> None:
     if settings.max_doublings < 0:
         problems.append("max_doublings must not be negative")
     if problems:
-        raise InvalidArgument("Invalid queue configuration: " + "; ".join(problems) + ".")
+        raise InvalidArgument(f"{problem}: " + "; ".join(problems) + ".")

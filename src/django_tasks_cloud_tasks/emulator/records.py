@@ -6,6 +6,7 @@ import enum
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.cloud import tasks_v2
 
@@ -48,6 +49,8 @@ class TaskEntry:
     queue: QueueEntry
     task: tasks_v2.Task  # snapshot, like QueueEntry.queue
     target: Target
+    # The retry settings the task sets for itself, over its queue's (Task.retry_config).
+    retry: dict[str, Any] | None = None
     phase: Phase = Phase.SCHEDULED
     # Which heap entry is current: a rescheduled or deleted task leaves stale ones behind.
     heap_seq: int = 0
@@ -79,3 +82,14 @@ class DispatchRecord:
     headers: Mapping[str, str]
     started_at: float  # epoch seconds
     duration: float  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """A queue as the web page shows it, copied out under the store's lock."""
+
+    queue: tasks_v2.Queue
+    in_flight: int
+    # The first tasks in schedule order, each with whether an attempt is under way.
+    tasks: list[tuple[tasks_v2.Task, bool]]
+    task_count: int

@@ -5,20 +5,26 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Callable, Iterable
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 from google.cloud import tasks_v2
 
-from .dispatcher import WORKERS, Dispatcher
+from .console import Console
+from .dispatcher import Dispatcher
 from .names import check_queue_name, location_name
+from .persistence import Journal
 from .records import DispatchRecord
-from .service import CloudTasksService, oidc_config_handler
+from .service import CloudTasksService, oidc_config_handler, unimplemented_handler
 from .state import Store
 from .tokens import TokenServer, TokenSigner
 
 DEFAULT_TOMBSTONE_SECONDS = 24 * 3600.0
+# How long a deleted queue's name stays unusable: the 7 days of Cloud Tasks' quotas page (the
+# DeleteQueue docstring says "up to 3 days"; the longer figure is the one a script must survive).
+DEFAULT_QUEUE_REUSE_SECONDS = 7 * 24 * 3600.0
 _GRPC_THREADS = 16
 _STOP_TIMEOUT = 0.5
 
@@ -30,6 +36,11 @@ class Emulator:
     POSTed (or PUT, ...) to their URLs when due, with Cloud Tasks' headers, retries and OIDC
     tokens; verify the tokens against ``certs_url``. Any project and location are accepted;
     ``project`` and ``location`` are only the defaults for ``queues`` and ``create_queue``.
+
+    ``state_file``: a SQLite file that keeps queues, tasks, reserved names and attempts across
+    restarts (created if missing); without it everything is in memory. ``queue_reuse_seconds``:
+    how long a deleted queue's name cannot be used again (tests usually want 0). The web page is
+    at ``console_url``.
     """
 
     def __init__(
@@ -43,6 +54,8 @@ class Emulator:
         log: Callable[[str], None] | None = None,
         tombstone_seconds: float = DEFAULT_TOMBSTONE_SECONDS,
         issuer: str | None = None,
+        queue_reuse_seconds: float = DEFAULT_QUEUE_REUSE_SECONDS,
+        state_file: str | Path | None = None,
     ) -> None:
         if issuer is not None and not issuer.startswith(("http://", "https://")):
             raise ValueError(f"issuer must be an http:// or https:// URL, not {issuer!r}")
@@ -55,7 +68,13 @@ class Emulator:
         # (say, another container's name for this one).
         self._issuer_url = issuer.rstrip("/") if issuer else None
         self._log = log
-        self._store = Store(tombstone_seconds=tombstone_seconds, max_queue_concurrency=WORKERS)
+        journal = Journal(state_file) if state_file is not None else None
+        self._journal = journal
+        self._store = Store(
+            tombstone_seconds=tombstone_seconds,
+            queue_reuse_seconds=queue_reuse_seconds,
+            journal=journal,
+        )
         self._started = False
         self._address: str | None = None
         self._issuer: str | None = None
@@ -67,7 +86,10 @@ class Emulator:
         self._jobs = _job_store()
         self._job_runner: Any = None
         for queue_id in queues:
-            self.create_queue(queue_id)
+            # A queue kept in the state file stays as it was saved.
+            name = f"{location_name(project, location)}/queues/{queue_id}"
+            if not self._store.has_queue(name):
+                self.create_queue(queue_id)
 
     def start(self) -> Self:
         """Start serving and dispatching in background threads; returns at once."""
@@ -101,8 +123,16 @@ class Emulator:
         return f"{self.issuer}/certs"
 
     @property
+    def console_url(self) -> str:
+        """The web page showing queues, tasks and attempts (on the token server's port)."""
+        if self._tokens is None:
+            raise RuntimeError("The emulator has not been started.")
+        return f"{self._tokens.url}/"
+
+    @property
     def dispatches(self) -> list[DispatchRecord]:
-        """Every attempt since the start or the last ``reset``, oldest first (a copy)."""
+        """The attempts since the start or the last ``reset`` (at most the latest 10,000),
+        oldest first (a copy)."""
         return self._store.records()
 
     @property
@@ -182,6 +212,10 @@ class Emulator:
         if self._dispatcher is not None:
             self._dispatcher.stop(_STOP_TIMEOUT)
             self._dispatcher = None
+        # After the dispatcher, so that attempts settled while stopping are saved too.
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         if self._tokens is not None:
             self._tokens.stop()
             self._tokens = None
@@ -198,10 +232,13 @@ class Emulator:
         self.stop()
 
     def _start(self) -> None:
+        if self._journal is not None:
+            self._journal.start()
         self._tokens = TokenServer(self._host, self._token_port)
         issuer = self._issuer_url or self._tokens.url
         self._signer = TokenSigner(issuer)
-        self._tokens.start(self._signer.documents())
+        console = Console(self._store, f"Cloud Tasks emulator ({self._project})")
+        self._tokens.start(self._signer.documents(), console)
         self._dispatcher = Dispatcher(self._store, self._signer, self._log)
         self._dispatcher.start()
         self._grpc_executor = concurrent.futures.ThreadPoolExecutor(
@@ -214,6 +251,7 @@ class Emulator:
             (
                 CloudTasksService(self._store).handler(),
                 oidc_config_handler(issuer, f"{issuer}/certs"),
+                unimplemented_handler(),
             )
         )
         if self._jobs is not None:

@@ -2,7 +2,8 @@
 
 The request and response classes come from the installed ``google-cloud-tasks``, so no generated
 stubs or .proto files are involved, and new fields parse with whatever protobuf is installed.
-Methods not registered here answer UNIMPLEMENTED.
+Methods not registered here answer UNIMPLEMENTED with a message naming the emulator
+(``unimplemented_handler``), so that a test failing on one does not look like a server fault.
 """
 
 from __future__ import annotations
@@ -81,7 +82,10 @@ class CloudTasksService:
 
     def list_queues(self, request: tasks_v2.ListQueuesRequest) -> tasks_v2.ListQueuesResponse:
         if request.filter:
-            raise MethodNotImplemented("The emulator does not support ListQueues filters.")
+            raise MethodNotImplemented(
+                "The Cloud Tasks emulator does not support ListQueues filters: list every "
+                "queue and filter them in the client."
+            )
         queues, token = page(
             self._store.list_queues(check_location(request.parent)),
             _name,
@@ -150,6 +154,30 @@ def oidc_config_handler(issuer: str, certs_url: str) -> Any:
         response_serializer=_identity,
     )
     return grpc.method_handlers_generic_handler(OIDC_SERVICE, {_OIDC_METHOD_NAME: handler})
+
+
+class _Unimplemented(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Answers every method no other handler took, naming it and the emulator."""
+
+    def service(self, handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        message = (
+            f"The Cloud Tasks emulator does not implement {method}. Its documentation lists the "
+            "methods it serves; use a real Cloud Tasks project for the others."
+        )
+
+        def refuse(request: bytes, context: Any) -> bytes:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+            raise AssertionError("abort() raises")  # pragma: no cover
+
+        return grpc.unary_unary_rpc_method_handler(
+            refuse, request_deserializer=_identity, response_serializer=_identity
+        )
+
+
+def unimplemented_handler() -> Any:
+    """The handler of last resort: register it after every other."""
+    return _Unimplemented()
 
 
 def _unary[Request, Response](

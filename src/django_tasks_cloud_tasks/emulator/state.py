@@ -1,7 +1,11 @@
 """The emulator's queues and tasks, and the schedule that decides which attempt starts next.
 
-One lock guards everything. gRPC handler threads, the scheduler thread and the dispatch workers
-all come through here; each call holds the lock only for dictionary and heap work.
+One lock guards everything. gRPC handler threads, the scheduler thread, the dispatch workers and
+the web page all come through here; each call holds the lock only for dictionary and heap work.
+
+Every change of a queue goes through ``_put_queue``, and every change of a task through
+``_save_task`` or ``_remove``, which is where an optional ``Journal`` hears of them: what is not
+reported there is not saved across a restart.
 """
 
 from __future__ import annotations
@@ -11,19 +15,26 @@ import itertools
 import secrets
 import threading
 import time
+from collections import deque
 
-from google.api_core.exceptions import AlreadyExists, InvalidArgument, NotFound
+from google.api_core.exceptions import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from google.cloud import tasks_v2
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from .attempts import NO_RESPONSE, answered, dispatch_headers, started
 from .clock import timestamp
 from .names import split_task_name
-from .queues import configure
+from .persistence import QUEUE_NAMES, RECORDS_KEPT, TASK_NAMES, Journal, TaskRow
+from .queues import QueueSettings, configure, with_overrides
 from .ratelimit import TokenBucket
-from .records import DispatchRecord, Job, Phase, QueueEntry, TaskEntry
+from .records import DispatchRecord, Job, Phase, QueueEntry, QueueView, TaskEntry
 from .retry import gives_up, retry_delay
-from .tasks import NewTask
+from .tasks import NewTask, restored
 from .tombstones import Tombstones
 
 # Real messages, as recorded from Cloud Tasks by aertje/cloud-tasks-emulator's goldens.
@@ -38,6 +49,9 @@ TASK_GONE = (
     "The task no longer exists, though a task with this name existed recently. The task either "
     "successfully completed or was deleted."
 )
+QUEUE_TOO_RECENT = (
+    "The queue cannot be created because a queue with this name existed too recently."
+)
 # Fields UpdateQueue cannot change.
 _OUTPUT_ONLY = frozenset({"name", "state", "purge_time"})
 
@@ -47,7 +61,13 @@ def _is_queue_path(path: str) -> bool:
 
 
 class Store:
-    def __init__(self, *, tombstone_seconds: float, max_queue_concurrency: int) -> None:
+    def __init__(
+        self,
+        *,
+        tombstone_seconds: float,
+        queue_reuse_seconds: float,
+        journal: Journal | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # the scheduler waits here
         self._idle = threading.Condition(self._lock)  # wait_until_idle waits here
@@ -56,29 +76,67 @@ class Store:
         self._seq = itertools.count(1)
         self._forced: list[Job] = []  # RunTask attempts, already started
         self._tombstones = Tombstones(tombstone_seconds)
-        self._records: list[DispatchRecord] = []
-        self._max_queue_concurrency = max_queue_concurrency
+        self._queue_tombstones = Tombstones(queue_reuse_seconds)
+        self._records: deque[DispatchRecord] = deque(maxlen=RECORDS_KEPT)
         self._in_flight = 0
         self._epoch = 0
         self._closed = False
+        self._journal = journal
+        if journal is not None:
+            self._restore(journal)
+
+    def _restore(self, journal: Journal) -> None:
+        saved = journal.load()
+        with self._lock:
+            for data in saved.queues:
+                queue = tasks_v2.Queue.deserialize(data)
+                # configure() marks its argument RUNNING; the saved state must stay.
+                self._put_queue(queue.name, queue, configure(tasks_v2.Queue(queue)), save=False)
+            for row in saved.tasks:
+                queue_entry = self._queues.get(row.queue)
+                if queue_entry is None:
+                    continue
+                new = restored(tasks_v2.Task.deserialize(row.task))
+                _, task_id = split_task_name(new.task.name)
+                entry = TaskEntry(
+                    task_id,
+                    queue_entry,
+                    new.task,
+                    new.target,
+                    retry=new.retry,
+                    execution_count=row.execution_count,
+                    previous_response=row.previous_response,
+                    first_dispatch=row.first_dispatch,
+                )
+                queue_entry.tasks[task_id] = entry
+                # An attempt under way at the stop starts again: its ETA has passed.
+                self._schedule(entry, new.eta)
+            now = time.time()
+            for kind, name, expiry in saved.tombstones:
+                if expiry > now:
+                    names = self._tombstones if kind == TASK_NAMES else self._queue_tombstones
+                    names.restore(name, expiry)
+            self._records.extend(saved.records)
 
     # Queues
 
     def create_queue(self, queue: tasks_v2.Queue) -> tasks_v2.Queue:
         """Store ``queue``, a fresh message the store now owns, with its defaults filled in."""
         settings = configure(queue)
-        bucket = TokenBucket(settings.rate, settings.burst)
         with self._lock:
             if queue.name in self._queues:
                 raise AlreadyExists(QUEUE_EXISTS)
-            self._queues[queue.name] = QueueEntry(queue, settings, bucket)
+            if self._queue_tombstones.contains(queue.name, time.time()):
+                raise FailedPrecondition(QUEUE_TOO_RECENT)
+            self._put_queue(queue.name, queue, settings)
         return queue
 
     def update_queue(self, queue: tasks_v2.Queue, update_mask: FieldMask) -> tasks_v2.Queue:
         """UpdateQueue: change the fields in ``update_mask`` (every field if it is empty).
 
         As in Cloud Tasks, a queue that does not exist yet is created. The queue keeps its state
-        (a paused queue stays paused) and its tasks; its rate limit starts a full token bucket.
+        (a paused queue stays paused) and its tasks; a changed rate limit starts a full token
+        bucket.
         """
         paths = list(update_mask.paths)
         unknown = [p for p in paths if p in _OUTPUT_ONLY or not _is_queue_path(p)]
@@ -87,12 +145,10 @@ class Store:
         with self._lock:
             entry = self._queues.get(queue.name)
             if entry is None:
+                if self._queue_tombstones.contains(queue.name, time.time()):
+                    raise FailedPrecondition(QUEUE_TOO_RECENT)
                 created = tasks_v2.Queue(queue)
-                settings = configure(created)
-                self._queues[queue.name] = QueueEntry(
-                    created, settings, TokenBucket(settings.rate, settings.burst)
-                )
-                return created
+                return self._put_queue(queue.name, created, configure(created)).queue
             if paths:
                 updated = tasks_v2.Queue(entry.queue)
                 FieldMask(paths=paths).MergeMessage(
@@ -105,12 +161,11 @@ class Store:
             state = entry.queue.state
             settings = configure(updated)  # marks the queue RUNNING...
             tasks_v2.Queue.pb(updated).state = state  # ...which an update must not do.
-            entry.queue = updated
-            entry.settings = settings
-            entry.bucket = TokenBucket(settings.rate, settings.burst)
-            if entry.running and entry.ready:
-                self._work.notify()
-            return updated
+            return self._put_queue(queue.name, updated, settings).queue
+
+    def has_queue(self, name: str) -> bool:
+        with self._lock:
+            return name in self._queues
 
     def get_queue(self, name: str) -> tasks_v2.Queue:
         with self._lock:
@@ -128,43 +183,78 @@ class Store:
             del self._queues[name]
             for task in entry.tasks.values():
                 task.phase = Phase.DONE
+                if self._journal is not None:
+                    self._journal.task(f"{name}/tasks/{task.task_id}", None)
+            expiry = self._queue_tombstones.add(name, time.time())
+            if self._journal is not None:
+                self._journal.queue(name, None)
+                self._journal.tombstone(QUEUE_NAMES, name, expiry)
             self._notify_if_idle()
 
     def set_paused(self, name: str, *, paused: bool) -> tasks_v2.Queue:
         state = tasks_v2.Queue.State.PAUSED if paused else tasks_v2.Queue.State.RUNNING
         with self._lock:
             entry = self._queue(name)
-            entry.queue = tasks_v2.Queue(entry.queue, state=state)
-            if entry.running and entry.ready:
-                self._work.notify()
-            return entry.queue
+            return self._put_queue(name, tasks_v2.Queue(entry.queue, state=state)).queue
 
     def purge_queue(self, name: str) -> tasks_v2.Queue:
-        now = time.monotonic()
+        now = time.time()
         with self._lock:
             entry = self._queue(name)
             for task in list(entry.tasks.values()):
                 self._remove(task, now)
-            entry.queue = tasks_v2.Queue(entry.queue, purge_time=timestamp(time.time()))
+            queue = tasks_v2.Queue(entry.queue, purge_time=timestamp(now))
             self._notify_if_idle()
-            return entry.queue
+            return self._put_queue(name, queue).queue
+
+    def _put_queue(
+        self,
+        name: str,
+        queue: tasks_v2.Queue,
+        settings: QueueSettings | None = None,
+        *,
+        save: bool = True,
+    ) -> QueueEntry:
+        """Add or change a queue: every queue change (create, update, pause, resume, purge) ends
+        here. ``queue`` is the new snapshot; ``settings``, its limits when they are new or
+        changed. The caller holds the lock.
+        """
+        entry = self._queues.get(name)
+        if entry is None:
+            if settings is None:
+                raise ValueError("A new queue needs its settings.")
+            entry = QueueEntry(queue, settings, TokenBucket(settings.rate, settings.burst))
+            self._queues[name] = entry
+        else:
+            entry.queue = queue
+            if settings is not None and settings != entry.settings:
+                entry.settings = settings
+                entry.bucket = TokenBucket(settings.rate, settings.burst)
+        if save and self._journal is not None:
+            self._journal.queue(name, tasks_v2.Queue.serialize(queue))
+        if entry.running and entry.ready:
+            self._work.notify()
+        return entry
 
     # Tasks
 
     def create_task(self, queue_name: str, new: NewTask) -> tasks_v2.Task:
         """Store ``new.task``, naming it if the request did not."""
-        now = time.monotonic()
+        now = time.time()
         with self._lock:
             queue = self._queue(queue_name)
+            # Checked against the queue's settings now; applied with its settings of the day.
+            with_overrides(queue.settings, new.retry)
             task_id = new.task_id
             if task_id is None:
                 task_id = self._fresh_id(queue, now)
                 new.task.name = f"{queue_name}/tasks/{task_id}"
             elif task_id in queue.tasks or self._tombstones.contains(new.task.name, now):
                 raise AlreadyExists(TASK_EXISTS)
-            entry = TaskEntry(task_id, queue, new.task, new.target)
+            entry = TaskEntry(task_id, queue, new.task, new.target, retry=new.retry)
             queue.tasks[task_id] = entry
             self._schedule(entry, new.eta)
+            self._save_task(entry)
             return new.task
 
     def get_task(self, name: str) -> tasks_v2.Task:
@@ -178,7 +268,7 @@ class Store:
 
     def delete_task(self, name: str) -> None:
         with self._lock:
-            self._remove(self._task(name), time.monotonic())
+            self._remove(self._task(name), time.time())
             self._notify_if_idle()
 
     def run_task(self, name: str) -> tasks_v2.Task:
@@ -219,6 +309,8 @@ class Store:
             queue.in_flight -= 1
             if job.epoch == self._epoch:
                 self._records.append(record)
+                if self._journal is not None:
+                    self._journal.record(record)
             if entry.phase is Phase.IN_FLIGHT:
                 self._settle(entry, record.status, retry_after, timed_out, now)
             if queue.ready:
@@ -228,6 +320,27 @@ class Store:
     def records(self) -> list[DispatchRecord]:
         with self._lock:
             return list(self._records)
+
+    def overview(self, *, tasks: int, records: int) -> tuple[list[QueueView], list[DispatchRecord]]:
+        """Every queue with its first ``tasks`` tasks by schedule time, and the latest
+        ``records`` attempts, newest first: what the web page shows."""
+        with self._lock:
+            queues = []
+            for name in sorted(self._queues):
+                entry = self._queues[name]
+                waiting = heapq.nsmallest(
+                    tasks, entry.tasks.values(), key=lambda t: t.task.schedule_time
+                )
+                queues.append(
+                    QueueView(
+                        queue=entry.queue,
+                        in_flight=entry.in_flight,
+                        tasks=[(t.task, t.phase is Phase.IN_FLIGHT) for t in waiting],
+                        task_count=len(entry.tasks),
+                    )
+                )
+            latest = list(itertools.islice(reversed(self._records), records))
+            return queues, latest
 
     def wait_until_idle(self, timeout: float) -> bool:
         """Whether, within ``timeout``, no task is left (even in a paused queue) or in flight."""
@@ -251,6 +364,8 @@ class Store:
             self._heap.clear()
             self._tombstones.clear()
             self._records.clear()
+            if self._journal is not None:
+                self._journal.reset()
             self._notify_if_idle()
 
     def close(self) -> None:
@@ -271,7 +386,7 @@ class Store:
         queue_name, task_id = split_task_name(name)
         entry = self._queue(queue_name).tasks.get(task_id)
         if entry is None:
-            gone = self._tombstones.contains(name, time.monotonic())
+            gone = self._tombstones.contains(name, time.time())
             raise NotFound(TASK_GONE if gone else ENTITY_MISSING)
         return entry
 
@@ -296,7 +411,25 @@ class Store:
         entry.phase = Phase.DONE
         queue = entry.queue
         del queue.tasks[entry.task_id]
-        self._tombstones.add(f"{queue.queue.name}/tasks/{entry.task_id}", now)
+        name = f"{queue.queue.name}/tasks/{entry.task_id}"
+        expiry = self._tombstones.add(name, now)
+        if self._journal is not None:
+            self._journal.task(name, None)
+            self._journal.tombstone(TASK_NAMES, name, expiry)
+
+    def _save_task(self, entry: TaskEntry) -> None:
+        """Report a new or changed task to the journal, if there is one."""
+        if self._journal is not None:
+            self._journal.task(
+                entry.task.name,
+                TaskRow(
+                    queue=entry.queue.queue.name,
+                    task=tasks_v2.Task.serialize(entry.task),
+                    execution_count=entry.execution_count,
+                    previous_response=entry.previous_response,
+                    first_dispatch=entry.first_dispatch,
+                ),
+            )
 
     def _take_jobs(self, now: float) -> list[Job]:
         jobs = self._forced
@@ -328,8 +461,7 @@ class Store:
         return None if wake is None else max(wake - now, 0.0)
 
     def _can_dispatch(self, queue: QueueEntry) -> bool:
-        limit = min(queue.settings.concurrency, self._max_queue_concurrency)
-        return queue.running and queue.in_flight < limit
+        return queue.running and queue.in_flight < queue.settings.concurrency
 
     def _start(self, entry: TaskEntry, now: float) -> Job:
         job = Job(entry, self._epoch, entry.task.dispatch_count, dispatch_headers(entry))
@@ -339,6 +471,7 @@ class Store:
         entry.phase = Phase.IN_FLIGHT
         entry.queue.in_flight += 1
         self._in_flight += 1
+        self._save_task(entry)
         return job
 
     def _settle(
@@ -349,7 +482,11 @@ class Store:
         timed_out: bool,
         now: float,
     ) -> None:
-        settings = entry.queue.settings
+        try:
+            settings = with_overrides(entry.queue.settings, entry.retry)
+        except InvalidArgument:
+            # The queue changed since the task was checked: its own settings still hold.
+            settings = entry.queue.settings
         attempts = entry.task.dispatch_count
         if 200 <= status < 300 or gives_up(
             attempts,
@@ -357,7 +494,7 @@ class Store:
             max_attempts=settings.max_attempts,
             max_retry_duration=settings.max_retry_duration,
         ):
-            self._remove(entry, time.monotonic())
+            self._remove(entry, now)
             return
         delay = retry_delay(
             attempts,
@@ -379,6 +516,7 @@ class Store:
             entry.task, status=status, timed_out=timed_out, now=now, next_eta=next_eta
         )
         self._schedule(entry, next_eta)
+        self._save_task(entry)
 
     def _is_idle(self) -> bool:
         return self._in_flight == 0 and not any(q.tasks for q in self._queues.values())

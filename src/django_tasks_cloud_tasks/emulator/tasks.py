@@ -11,6 +11,7 @@ from google.cloud import tasks_v2
 
 from .clock import timestamp, whole_seconds
 from .names import task_id_under
+from .queues import retry_overrides
 
 MAX_TASK_BYTES = 1024 * 1024
 MAX_SCHEDULE_AHEAD = 30 * 24 * 3600.0
@@ -47,6 +48,8 @@ class NewTask:
     task_id: str | None
     eta: float
     target: Target
+    # The retry settings the task sets for itself (Task.retry_config), if any.
+    retry: dict[str, Any] | None = None
 
 
 def prepare(queue_name: str, task: tasks_v2.Task, now: float) -> NewTask:
@@ -60,7 +63,10 @@ def prepare(queue_name: str, task: tasks_v2.Task, now: float) -> NewTask:
     pb = tasks_v2.Task.pb(task)
     task_id = task_id_under(queue_name, pb.name) if pb.name else None
     if pb.HasField("app_engine_http_request"):
-        raise MethodNotImplemented("The emulator supports only HTTP target tasks.")
+        raise MethodNotImplemented(
+            "The Cloud Tasks emulator supports only HTTP target tasks: use http_request, "
+            "not app_engine_http_request."
+        )
     if not pb.http_request.url:
         raise InvalidArgument("An HTTP target task needs http_request.url.")
     if pb.ByteSize() > MAX_TASK_BYTES:
@@ -75,7 +81,30 @@ def prepare(queue_name: str, task: tasks_v2.Task, now: float) -> NewTask:
     pb.view = tasks_v2.Task.View.BASIC
     pb.ClearField("first_attempt")
     pb.ClearField("last_attempt")
-    return NewTask(task=task, task_id=task_id, eta=eta, target=target)
+    return NewTask(task=task, task_id=task_id, eta=eta, target=target, retry=_retry(pb))
+
+
+def restored(task: tasks_v2.Task) -> NewTask:
+    """A task stored by ``prepare`` earlier (and saved to a file), ready to be scheduled again."""
+    pb = tasks_v2.Task.pb(task)
+    deadline = pb.dispatch_deadline
+    http = type(pb.http_request)()
+    # On a copy: the stored task keeps the headers it had.
+    http.CopyFrom(pb.http_request)
+    target = _prepare_http(http, deadline.seconds + deadline.nanos / 1e9)
+    eta = pb.schedule_time.seconds + pb.schedule_time.nanos / 1e9
+    _, task_id = pb.name.rsplit("/", 1)
+    return NewTask(task=task, task_id=task_id, eta=eta, target=target, retry=_retry(pb))
+
+
+def _retry(pb: Any) -> dict[str, Any] | None:
+    # Task.retry_config is honoured, as google-cloud-tasks documents the field (2.26: "If
+    # present, this overrides the Queue.retry_config for this task"), which is newer than the
+    # Queue.retry_config text saying retry settings cannot be set on tasks. Older clients have
+    # no such field.
+    if "retry_config" not in pb.DESCRIPTOR.fields_by_name or not pb.HasField("retry_config"):
+        return None
+    return retry_overrides(pb.retry_config) or None
 
 
 def _prepare_http(http: Any, timeout: float) -> Target:
@@ -90,7 +119,9 @@ def _prepare_http(http: Any, timeout: float) -> Target:
     if body and method not in _BODY_METHODS:
         raise InvalidArgument(f"A body is allowed only with POST, PUT or PATCH, not {method.name}.")
     if http.HasField("oauth_token"):
-        raise MethodNotImplemented("The emulator cannot mint OAuth tokens; use an OIDC token.")
+        raise MethodNotImplemented(
+            "The Cloud Tasks emulator cannot mint OAuth tokens: use an OIDC token (oidc_token)."
+        )
     headers = {k: v for k, v in http.headers.items() if k.lower() != "user-agent"}
     headers["User-Agent"] = USER_AGENT
     if sum(len(k) + len(v) for k, v in headers.items()) >= MAX_HEADER_BYTES:

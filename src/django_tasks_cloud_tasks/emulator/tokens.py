@@ -15,13 +15,18 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
+
+if TYPE_CHECKING:
+    from .console import Console, Page
+
+MAX_FORM_BYTES = 64 * 1024
 
 TOKEN_LIFETIME = 3600
 # Google's certificates are valid for about two weeks; verifiers do not look at the dates.
@@ -91,7 +96,8 @@ class TokenSigner:
 
 
 class TokenServer:
-    """Serves the signer's documents over HTTP; binds on construction, serves after ``start``."""
+    """Serves the signer's documents, and the web page if given one, over HTTP; binds on
+    construction, serves after ``start``."""
 
     def __init__(self, host: str, port: int) -> None:
         self._server = _DocumentServer((host, port), _DocumentHandler)
@@ -104,8 +110,9 @@ class TokenServer:
             daemon=True,
         )
 
-    def start(self, documents: dict[str, bytes]) -> None:
+    def start(self, documents: dict[str, bytes], console: Console | None = None) -> None:
         self._server.documents = documents
+        self._server.console = console
         self._thread.start()
 
     def stop(self) -> None:
@@ -116,7 +123,9 @@ class TokenServer:
 
 
 class _DocumentServer(ThreadingHTTPServer):
+    daemon_threads = True
     documents: dict[str, bytes]
+    console: Console | None
 
 
 class _DocumentHandler(BaseHTTPRequestHandler):
@@ -127,11 +136,43 @@ class _DocumentHandler(BaseHTTPRequestHandler):
     server: _DocumentServer
 
     def do_GET(self) -> None:
-        body = self.server.documents.get(self.path.partition("?")[0])
-        if body is None:
+        path = self.path.partition("?")[0]
+        body = self.server.documents.get(path)
+        if body is not None:
+            self._send(200, body, cache=True)
+            return
+        page = self.server.console.get(path) if self.server.console else None
+        if page is None:
             self._send(404, b'{"error": "not found"}', cache=False)
         else:
-            self._send(200, body, cache=True)
+            self._send_page(page)
+
+    def do_POST(self) -> None:
+        console = self.server.console
+        length = int(self.headers.get("Content-Length") or 0)
+        if console is None or not 0 <= length <= MAX_FORM_BYTES:
+            self.close_connection = True
+            self._send(404 if console is None else 413, b'{"error": "refused"}', cache=False)
+            return
+        body = self.rfile.read(length)
+        self._send_page(
+            console.post(
+                self.path.partition("?")[0],
+                body,
+                origin=self.headers.get("Origin"),
+                host=self.headers.get("Host"),
+            )
+        )
+
+    def _send_page(self, page: Page) -> None:
+        self.send_response(page.status)
+        self.send_header("Content-Type", page.content_type)
+        self.send_header("Content-Length", str(len(page.body)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in page.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(page.body)
 
     def _send(self, status: int, body: bytes, *, cache: bool) -> None:
         self.send_response(status)

@@ -1,10 +1,13 @@
-"""``manage.py cloudtasks_emulator``: a local Cloud Tasks that dispatches to this project."""
+"""``manage.py cloudtasks_emulator``: a local Cloud Tasks that dispatches to this project.
+
+The flags are the standalone ``cloud-tasks-emulator``'s (``emulator/cli.py``); this command only
+adds ``--backend`` and takes the project, location and queues from that backend when not given.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
-import threading
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -14,9 +17,7 @@ from django.tasks import DEFAULT_TASK_BACKEND_ALIAS
 from google.api_core.exceptions import GoogleAPICallError
 
 from django_tasks_cloud_tasks import client, config, sync
-from django_tasks_cloud_tasks.emulator import Emulator
-
-DEFAULT_PORT = 8123
+from django_tasks_cloud_tasks.emulator import Emulator, cli
 
 
 class Command(BaseCommand):
@@ -28,35 +29,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on.")
-        parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port (8123).")
-        parser.add_argument(
-            "--queue",
-            action="append",
-            dest="queues",
-            metavar="NAME",
-            help="Create this queue at start (repeatable). Default: the backend's QUEUES, "
-            "or 'default'. The queues and schedules the backend declares (CLOUD_TASKS_QUEUES, "
-            "PRIORITY_QUEUES, SCHEDULES) are created as well.",
-        )
+        cli.add_arguments(parser)
         parser.add_argument(
             "--backend",
             default=DEFAULT_TASK_BACKEND_ALIAS,
-            help="TASKS alias whose project and location the queues are created in.",
-        )
-        parser.add_argument("--project", help="Project of the queues (default: the backend's).")
-        parser.add_argument("--location", help="Location of the queues (default: the backend's).")
-        parser.add_argument(
-            "--token-port",
-            type=int,
-            default=0,
-            help="Port of the HTTP server publishing the OIDC signing keys (default: any free).",
-        )
-        parser.add_argument(
-            "--issuer",
-            metavar="URL",
-            help="URL at which the backend reaches that server, and the tokens' issuer "
-            "(default: http://HOST:TOKEN_PORT). In Docker Compose, say http://emulator:8124.",
+            help="TASKS alias whose project, location and QUEUES are the defaults.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -65,43 +42,24 @@ class Command(BaseCommand):
         os.environ.setdefault("CLOUD_TASKS_EMULATOR_HOST", f"{options['host']}:{options['port']}")
         project, location, queues, declared = self._placement(options)
         try:
-            emulator = Emulator(
-                host=options["host"],
-                port=options["port"],
+            emulator = cli.build(
+                options, project=project, location=location, queues=queues, log=self._log
+            )
+            cli.serve(
+                emulator,
                 project=project,
                 location=location,
-                queues=tuple(queues),
-                token_port=options["token_port"],
-                log=self._log,
-                issuer=options["issuer"],
+                queues=queues,
+                write=self._log,
+                started=None
+                if declared is None
+                else partial(self._create_declared, declared, queues),
             )
-        except (ValueError, GoogleAPICallError) as exc:
-            # A malformed --issuer, or a --queue name Cloud Tasks would refuse.
-            raise CommandError(f"Could not start the emulator: {exc}") from exc
-        stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
-        try:
-            emulator.start()
-        except RuntimeError as exc:
-            raise CommandError(f"Could not start the emulator: {exc}") from exc
-        if declared is not None:
-            try:
-                queues = self._create_declared(emulator, declared, queues)
-            except CommandError:
-                emulator.stop()
-                raise
-        self.stdout.write(
-            f"Cloud Tasks emulator on {emulator.address} (project {project}, location "
-            f"{location}, queues: {', '.join(queues)}); OIDC issuer {emulator.issuer}.\n"
-            f"Point Django at it with: export CLOUD_TASKS_EMULATOR_HOST={emulator.address}"
-        )
-        stop.wait()
-        emulator.stop()
-        self.stdout.write("Emulator stopped.")
+        except cli.StartError as exc:
+            raise CommandError(str(exc)) from exc
 
     def _create_declared(
-        self, emulator: Emulator, declared: config.CloudTasksConfig, queues: list[str]
+        self, declared: config.CloudTasksConfig, queues: list[str], emulator: Emulator
     ) -> list[str]:
         """Create the backend's declared queues and schedules, as ``cloudtasks_sync`` would."""
         scheduler = None
@@ -115,7 +73,7 @@ class Command(BaseCommand):
             plan = sync.plan([(declared, queues)], tasks_client=tasks, scheduler_client=scheduler)
             sync.apply(plan, tasks_client=tasks, scheduler_client=scheduler)
         except GoogleAPICallError as exc:
-            raise CommandError(f"Could not create the declared queues: {exc}") from exc
+            raise cli.StartError(f"Could not create the declared queues: {exc}") from exc
         for schedule in declared.schedules if scheduler is not None else ():
             self.stdout.write(
                 f"Schedule {schedule.name}: {schedule.task} at {schedule.cron!r} "
@@ -132,15 +90,17 @@ class Command(BaseCommand):
         params: dict[str, Any] | None = settings.TASKS.get(alias)
         if params is None:
             raise CommandError(f"TASKS has no backend {alias!r}; choose one with --backend.")
-        queues = options["queues"] or list(params.get("QUEUES") or ["default"])
+        queues = options["queues"] or cli.env_queues() or list(params.get("QUEUES") or ["default"])
+        project = options["project"] or cli.env_value("PROJECT")
+        location = options["location"] or cli.env_value("LOCATION")
         try:
             resolved = config.resolve(alias, params.get("OPTIONS") or {})
         except ImproperlyConfigured as exc:
-            if options["project"] and options["location"]:
-                return options["project"], options["location"], queues, None
+            if project and location:
+                return project, location, queues, None
             raise CommandError(f"{exc} Or pass --project and --location.") from exc
-        project = options["project"] or resolved.project
-        location = options["location"] or resolved.location
+        project = project or resolved.project
+        location = location or resolved.location
         same_place = (project, location) == (resolved.project, resolved.location)
         return project, location, queues, resolved if same_place else None
 

@@ -1,0 +1,160 @@
+"""The emulator without Django: ``python -m django_tasks_cloud_tasks.emulator``, the
+``cloud-tasks-emulator`` script and the container recipe's command line, each in a process of its
+own with no Django settings module, configured by flags or environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import requests
+from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+from tests.test_emulator import Target, http_task
+from tests.test_emulator_command import free_port, read_line_containing
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(sys.executable).parent / "cloud-tasks-emulator"
+
+
+def without_django(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CLOUD_TASKS_"))}
+    env.pop("GOOGLE_CLOUD_PROJECT", None)
+    return {**env, **extra}
+
+
+def run(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    server = Target()
+    yield server
+    server.close()
+
+
+def client_for(address: str) -> tasks_v2.CloudTasksClient:
+    channel = grpc.insecure_channel(address)
+    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+
+
+def test_importing_the_emulator_does_not_import_django() -> None:
+    code = (
+        "import sys\n"
+        "from django_tasks_cloud_tasks.emulator import cli, Emulator\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'django'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=without_django(), capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "[]"
+
+
+def test_python_m_runs_from_flags_and_dispatches(target: Target) -> None:
+    port = free_port()
+    proc = run(
+        [sys.executable, "-m", "django_tasks_cloud_tasks.emulator", "--port", str(port),
+         "--project", "any-project", "--location", "europe-west1", "--queue", "jobs"],
+        without_django(),
+    )  # fmt: skip
+    try:
+        banner = read_line_containing(proc, "Cloud Tasks emulator on")
+        assert "project any-project, location europe-west1, queues: jobs" in banner
+        parent = "projects/any-project/locations/europe-west1/queues/jobs"
+        client_for(f"127.0.0.1:{port}").create_task(
+            parent=parent, task=http_task(target.url("/standalone"))
+        )
+        assert read_line_containing(proc, "->").startswith(
+            f"POST {target.url('/standalone')} -> 200"
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the package is not installed with its scripts")
+def test_the_console_script_takes_its_settings_from_the_environment(tmp_path: Path) -> None:
+    port, token_port = free_port(), free_port()
+    env = without_django(
+        CLOUD_TASKS_EMULATOR_PORT=str(port),
+        CLOUD_TASKS_EMULATOR_TOKEN_PORT=str(token_port),
+        CLOUD_TASKS_EMULATOR_QUEUES="a, b",
+        GOOGLE_CLOUD_PROJECT="env-project",
+        CLOUD_TASKS_EMULATOR_STATE_FILE=str(tmp_path / "state.sqlite3"),
+    )
+    proc = run([str(SCRIPT)], env)
+    try:
+        banner = read_line_containing(proc, "Cloud Tasks emulator on")
+        assert "project env-project, location us-central1, queues: a, b" in banner
+        page = requests.get(f"http://127.0.0.1:{token_port}/", timeout=10)
+        assert "projects/env-project/locations/us-central1/queues/b" in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    assert (tmp_path / "state.sqlite3").exists()
+
+
+def test_an_unusable_state_file_is_explained_not_a_traceback(tmp_path: Path) -> None:
+    proc = run(
+        [sys.executable, "-m", "django_tasks_cloud_tasks.emulator", "--port", str(free_port()),
+         "--state-file", str(tmp_path / "missing-dir" / "state.sqlite3")],
+        without_django(),
+    )  # fmt: skip
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "Could not start the emulator: unable to open database file" in stderr
+    assert "Traceback" not in stderr
+
+
+def dockerfile_command() -> tuple[list[str], dict[str, str]]:
+    """The CMD of emulator.Dockerfile and the environment its ENV lines set."""
+    env: dict[str, str] = {}
+    command: list[str] = []
+    lines = (ROOT / "emulator.Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    for line in lines:
+        keyword, _, rest = line.partition(" ")
+        if keyword == "ENV":
+            for pair in rest.split():
+                key, _, value = pair.partition("=")
+                env[key] = value
+        elif keyword == "CMD":
+            command = json.loads(rest)
+    return command, env
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the package is not installed with its scripts")
+def test_the_container_recipe_command_line_serves(tmp_path: Path, target: Target) -> None:
+    command, env = dockerfile_command()
+    assert command == ["cloud-tasks-emulator"]
+    port, token_port = free_port(), free_port()
+    # As in the container, but on free ports and with the volume in a temporary directory.
+    env.update(
+        CLOUD_TASKS_EMULATOR_PORT=str(port),
+        CLOUD_TASKS_EMULATOR_TOKEN_PORT=str(token_port),
+        CLOUD_TASKS_EMULATOR_STATE_FILE=str(tmp_path / "emulator.sqlite3"),
+    )
+    proc = run([str(SCRIPT.parent / command[0]), *command[1:]], without_django(**env))
+    try:
+        banner = read_line_containing(proc, "Cloud Tasks emulator on")
+        assert f"0.0.0.0:{port}" in banner
+        client = client_for(f"127.0.0.1:{port}")
+        queues = client.list_queues(parent="projects/demo-project/locations/us-central1")
+        assert [q.name.rsplit("/", 1)[1] for q in queues] == ["default"]
+        assert requests.get(f"http://127.0.0.1:{token_port}/certs", timeout=10).ok
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
