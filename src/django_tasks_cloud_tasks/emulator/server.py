@@ -247,20 +247,19 @@ class Emulator:
         # Without this, a second emulator on a fixed port would silently share it.
         self._grpc_server = grpc.server(self._grpc_executor, options=[("grpc.so_reuseport", 0)])
         port = self._grpc_server.add_insecure_port(f"{self._host}:{self._port}")
-        self._grpc_server.add_generic_rpc_handlers(
-            (
-                CloudTasksService(self._store).handler(),
-                oidc_config_handler(issuer, f"{issuer}/certs"),
-                unimplemented_handler(),
-            )
-        )
+        handlers = [
+            CloudTasksService(self._store).handler(),
+            oidc_config_handler(issuer, f"{issuer}/certs"),
+        ]
         if self._jobs is not None:
             from .scheduler import CloudSchedulerService, JobRunner
 
             self._job_runner = JobRunner(self._jobs, self._signer, self._log)
             self._job_runner.start()
-            scheduler = CloudSchedulerService(self._jobs, self._job_runner)
-            self._grpc_server.add_generic_rpc_handlers((scheduler.handler(),))
+            handlers.append(CloudSchedulerService(self._jobs, self._job_runner).handler())
+        # Last: it answers every method the handlers before it do not serve.
+        handlers.append(unimplemented_handler())
+        self._grpc_server.add_generic_rpc_handlers(tuple(handlers))
         self._grpc_server.start()
         self._address = f"{self._host}:{port}"
         self._issuer = issuer
