@@ -12,6 +12,7 @@ import grpc
 from google.cloud import tasks_v2
 
 from .dispatcher import WORKERS, Dispatcher
+from .faults import Fault, Faults, status_code
 from .names import check_queue_name, location_name
 from .records import DispatchRecord
 from .service import CloudTasksService, oidc_config_handler
@@ -56,6 +57,7 @@ class Emulator:
         self._issuer_url = issuer.rstrip("/") if issuer else None
         self._log = log
         self._store = Store(tombstone_seconds=tombstone_seconds, max_queue_concurrency=WORKERS)
+        self._faults = Faults()
         self._started = False
         self._address: str | None = None
         self._issuer: str | None = None
@@ -144,6 +146,41 @@ class Emulator:
             raise RuntimeError("The emulator has not been started.")
         return self._signer.mint(email=email, audience=audience)
 
+    def inject_fault(
+        self,
+        method: str,
+        *,
+        status: grpc.StatusCode | str | None = None,
+        after_success: bool = False,
+        delay: float = 0.0,
+        times: int | None = 1,
+    ) -> None:
+        """Make the next ``times`` calls of gRPC ``method`` (e.g. ``"CreateTask"``) misbehave.
+
+        - ``status`` alone: the call is refused with that status (``grpc.StatusCode`` or its
+          name, e.g. ``"UNAVAILABLE"``) and does nothing.
+        - ``status`` with ``after_success=True``: the call does its work (the task is created),
+          then answers with that status, as when an answer is lost on the way back.
+        - ``delay``: seconds before the answer (the error's or the success's); a client whose
+          deadline passes first sees DEADLINE_EXCEEDED, although the work may be done.
+
+        ``times=None`` applies to every call until ``clear_faults`` (or ``reset``). Plans for
+        one method apply in the order they were added. Works before and after ``start``.
+        """
+        code = status_code(status) if isinstance(status, str) else status
+        self._faults.add(
+            Fault(method, status=code, after_success=after_success, delay=delay, times=times)
+        )
+
+    def clear_faults(self) -> None:
+        """Drop every fault plan not used up yet."""
+        self._faults.clear()
+
+    @property
+    def pending_faults(self) -> list[Fault]:
+        """The fault plans not used up yet, in order (copies)."""
+        return self._faults.pending()
+
     def wait_until_idle(self, timeout: float = 10.0) -> bool:
         """Wait until no task is scheduled (in any queue, paused or not) or in flight.
 
@@ -152,12 +189,13 @@ class Emulator:
         return self._store.wait_until_idle(timeout)
 
     def reset(self) -> None:
-        """Drop every task, tombstone and dispatch record; the queues stay as they are.
+        """Drop every task, tombstone, dispatch record and fault plan; the queues stay as they are.
 
         Attempts already under way still reach their targets, but are neither recorded nor
         retried.
         """
         self._store.reset()
+        self._faults.clear()
 
     def stop(self) -> None:
         """Stop serving and dispatching; attempts still waiting on their targets are abandoned."""
@@ -202,7 +240,7 @@ class Emulator:
         port = self._grpc_server.add_insecure_port(f"{self._host}:{self._port}")
         self._grpc_server.add_generic_rpc_handlers(
             (
-                CloudTasksService(self._store).handler(),
+                CloudTasksService(self._store, self._faults).handler(),
                 oidc_config_handler(issuer, f"{issuer}/certs"),
             )
         )

@@ -14,6 +14,7 @@ from google.api_core.exceptions import GoogleAPICallError
 
 from django_tasks_cloud_tasks import config
 from django_tasks_cloud_tasks.emulator import Emulator
+from django_tasks_cloud_tasks.emulator.faults import Fault
 
 DEFAULT_PORT = 8123
 
@@ -57,8 +58,23 @@ class Command(BaseCommand):
             "(default: http://HOST:TOKEN_PORT). In Docker Compose, say http://emulator:8124.",
         )
 
+        parser.add_argument(
+            "--fault",
+            action="append",
+            dest="faults",
+            default=[],
+            metavar="SPEC",
+            help="Make calls misbehave, for testing retries (repeatable): "
+            "METHOD[,status=CODE][,after-success][,delay=SECONDS][,times=N|always], e.g. "
+            "'CreateTask,status=UNAVAILABLE,times=2'. See docs/delivery-guarantees.md.",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         project, location, queues = self._placement(options)
+        try:
+            faults = [Fault.parse(spec) for spec in options["faults"]]
+        except ValueError as exc:
+            raise CommandError(f"--fault: {exc}") from exc
         try:
             emulator = Emulator(
                 host=options["host"],
@@ -73,6 +89,14 @@ class Command(BaseCommand):
         except (ValueError, GoogleAPICallError) as exc:
             # A malformed --issuer, or a --queue name Cloud Tasks would refuse.
             raise CommandError(f"Could not start the emulator: {exc}") from exc
+        for fault in faults:
+            emulator.inject_fault(
+                fault.method,
+                status=fault.status,
+                after_success=fault.after_success,
+                delay=fault.delay,
+                times=fault.times,
+            )
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
@@ -85,6 +109,8 @@ class Command(BaseCommand):
             f"{location}, queues: {', '.join(queues)}); OIDC issuer {emulator.issuer}.\n"
             f"Point Django at it with: export CLOUD_TASKS_EMULATOR_HOST={emulator.address}"
         )
+        for fault in faults:
+            self.stdout.write(f"Injecting fault: {fault}")
         stop.wait()
         emulator.stop()
         self.stdout.write("Emulator stopped.")
