@@ -156,3 +156,50 @@ def test_bad_arguments_are_explained_not_a_traceback(arguments: list[str], reaso
     assert "Could not start the emulator: " in stderr
     assert reason in stderr
     assert "Traceback" not in stderr
+
+
+def test_faults_given_on_the_command_line_apply_to_the_next_calls() -> None:
+    import grpc
+    from google.api_core.exceptions import ServiceUnavailable
+    from google.cloud import tasks_v2
+    from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+    port = free_port()
+    proc = start(
+        "--port", str(port), "--project", "p", "--location", "l",
+        "--fault", "CreateTask,status=UNAVAILABLE,times=1",
+    )  # fmt: skip
+    try:
+        assert "CreateTask" in read_line_containing(proc, "Injecting fault")
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        task = {"http_request": {"url": "http://127.0.0.1:9/"}}
+        parent = "projects/p/locations/l/queues/default"
+        client.pause_queue(name=parent)
+
+        with pytest.raises(ServiceUnavailable, match="Fault injected"):
+            client.create_task(parent=parent, task=task)
+        assert client.create_task(parent=parent, task=task).name.startswith(parent)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        pytest.param("CreateTask,status=NOPE", "is not a gRPC status", id="unknown-status"),
+        pytest.param("CreateTask,after-success", "needs the status", id="after-without-status"),
+        pytest.param("CreateTask,times=0", "times >= 1", id="zero-times"),
+        pytest.param("CreateTask,color=red", "unknown fault setting", id="unknown-setting"),
+        pytest.param("CreateTask", "needs a status, a delay", id="no-fault"),
+    ],
+)
+def test_a_bad_fault_is_explained_not_a_traceback(spec: str, reason: str) -> None:
+    proc = start("--port", str(free_port()), "--fault", spec)
+    _, stderr = proc.communicate(timeout=30)
+
+    assert proc.returncode == 1
+    assert "--fault: " in stderr
+    assert reason in stderr
+    assert "Traceback" not in stderr
