@@ -135,6 +135,9 @@ class _Attempts:
         outcome_unknown = not refused and _outcome_unknown(exc)
         self.maybe_added = self.maybe_added or outcome_unknown
         retryable = isinstance(exc, _retryable()) and (self.named or not outcome_unknown)
+        if self.config.emulator_host and _never_connected(exc):
+            # An emulator that refuses connections is not running: waiting will not start it.
+            retryable = False
         if retryable:
             if self.sleeps is None:
                 self.sleeps = exponential_sleep_generator(_FIRST_BACKOFF, _MAX_BACKOFF, 2.0)
@@ -189,10 +192,16 @@ def _outcome_unknown(exc: Exception) -> bool:
     from google.api_core import exceptions as api
 
     if isinstance(exc, api.ServiceUnavailable):
-        return _NEVER_CONNECTED not in str(exc)
+        return not _never_connected(exc)
     return isinstance(
         exc, api.DeadlineExceeded | api.InternalServerError | api.Unknown | api.Cancelled
     )
+
+
+def _never_connected(exc: Exception) -> bool:
+    from google.api_core import exceptions as api
+
+    return isinstance(exc, api.ServiceUnavailable) and _NEVER_CONNECTED in str(exc)
 
 
 def _short(exc: Exception) -> str:
