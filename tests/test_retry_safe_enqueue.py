@@ -167,3 +167,20 @@ def test_closed_event_loops_release_their_clients(cloud_tasks: CloudTasks) -> No
     assert len(client._async_clients) <= 1
     # Peak RSS in KiB. Leaking a client per loop cost about 60 KiB each (18 MB for 300).
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 8 * 1024
+
+
+def test_fault_plans_for_one_method_apply_in_the_order_they_were_added(
+    cloud_tasks: CloudTasks,
+) -> None:
+    # As in docs/delivery-guarantees.md: refused twice, then created but answered as failed.
+    cloud_tasks.emulator.inject_fault("CreateTask", status="UNAVAILABLE", times=2)
+    cloud_tasks.emulator.inject_fault(
+        "CreateTask", status="DEADLINE_EXCEEDED", after_success=True
+    )
+
+    tasks.add.enqueue(1, 1)
+
+    assert recorder.wait_for(1)[0].args == (1, 1)
+    assert cloud_tasks.emulator.wait_until_idle()
+    assert len(cloud_tasks.emulator.dispatches) == 1
+    assert cloud_tasks.emulator.pending_faults == []
