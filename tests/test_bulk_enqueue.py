@@ -202,3 +202,16 @@ def test_bulk_results_are_stored(cloud_tasks: CloudTasks) -> None:
     recorder.wait_for(5)
     assert cloud_tasks.emulator.wait_until_idle()
     assert TaskRecord.objects.filter(pk__in=[r.id for r in results]).count() == 5
+
+
+def test_a_batch_delete_in_which_every_delete_fails_is_aborted(cloud_tasks: CloudTasks) -> None:
+    from google.api_core.exceptions import Aborted
+
+    operation = raw_client(cloud_tasks).batch_delete_tasks(
+        parent=PARENT, names=[f"{PARENT}/tasks/missing", f"{PARENT}/tasks/gone"]
+    )
+
+    with pytest.raises(Aborted):
+        operation.result()
+    assert operation.metadata.state == tasks_v2.BatchDeleteTasksMetadata.State.FAILED
+    assert sorted(operation.metadata.failed_requests) == [0, 1]

@@ -141,3 +141,20 @@ def test_an_unknown_database_alias_is_refused_naming_the_setting(cloud_tasks: Cl
 
     with pytest.raises(ImproperlyConfigured, match="ENQUEUE_ON_COMMIT 'replica'"):
         tasks.add.enqueue(1, 1)
+
+
+def test_a_bulk_enqueue_in_a_transaction_waits_for_the_commit(cloud_tasks: CloudTasks) -> None:
+    from django_tasks_cloud_tasks import Call, enqueue_many
+
+    cloud_tasks.configure(ENQUEUE_ON_COMMIT=True, STORE_RESULTS=True)
+
+    with transaction.atomic():
+        results = enqueue_many(tasks.add, [Call(i, 0) for i in range(3)])
+        assert queued_tasks(cloud_tasks) == []
+        assert TaskRecord.objects.filter(cloud_task_name="").count() == 3
+
+    calls = recorder.wait_for(3)
+    assert sorted(c.args for c in calls) == [(0, 0), (1, 0), (2, 0)]
+    assert cloud_tasks.emulator.wait_until_idle()
+    names = TaskRecord.objects.filter(pk__in=[r.id for r in results])
+    assert all(name.endswith(pk) for pk, name in names.values_list("pk", "cloud_task_name"))

@@ -174,9 +174,7 @@ def test_fault_plans_for_one_method_apply_in_the_order_they_were_added(
 ) -> None:
     # As in docs/delivery-guarantees.md: refused twice, then created but answered as failed.
     cloud_tasks.emulator.inject_fault("CreateTask", status="UNAVAILABLE", times=2)
-    cloud_tasks.emulator.inject_fault(
-        "CreateTask", status="DEADLINE_EXCEEDED", after_success=True
-    )
+    cloud_tasks.emulator.inject_fault("CreateTask", status="DEADLINE_EXCEEDED", after_success=True)
 
     tasks.add.enqueue(1, 1)
 

@@ -243,8 +243,10 @@ class CloudTasksBackend(BaseTaskBackend):
             from . import store
 
             # Inside the transaction: the rows are the outbox, committed with the caller's data.
-            for item in prepared:
-                store.record_enqueued(item.result)
+            if len(prepared) == 1:
+                store.record_enqueued(prepared[0].result)
+            else:
+                store.record_enqueued_many([p.result for p in prepared], [""] * len(prepared))
         transaction.on_commit(lambda: self._create_committed(prepared), using=database)
 
     def _create_committed(self, prepared: list[Prepared]) -> None:

@@ -464,10 +464,17 @@ def _default_credentials() -> Credentials:
     return _credentials[0]
 
 
+# Clients a forked child inherited: kept, never used, so that their channels are not finalised in
+# the child (closing a gRPC channel there touches the parent's state and can hang).
+_inherited: list[object] = []
+
+
 def _forget_clients() -> None:
     # gRPC channels do not survive fork(): a child (gunicorn --preload) builds its own.
+    _inherited.append((dict(_sync_clients), dict(_async_clients), list(_credentials)))
     _sync_clients.clear()
     _async_clients.clear()
+    _credentials.clear()
 
 
 os.register_at_fork(after_in_child=_forget_clients)

@@ -2,7 +2,8 @@
 
 The request and response classes come from the installed ``google-cloud-tasks``, so no generated
 stubs or .proto files are involved, and new fields parse with whatever protobuf is installed.
-Methods not registered here answer UNIMPLEMENTED.
+Methods not registered here answer UNIMPLEMENTED. Every call passes through ``_unary``, which is
+also where the fault plans of ``faults.py`` make a call fail or answer late.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _FAULT_MESSAGE = "Fault injected by the Cloud Tasks emulator"
 class CloudTasksService:
     def __init__(self, store: Store, fault_plans: faults.Faults | None = None) -> None:
         self._store = store
-        self.faults = fault_plans or faults.Faults()
+        self.faults = faults.Faults() if fault_plans is None else fault_plans
         self._operations: OrderedDict[str, operations_pb2.Operation] = OrderedDict()
         self._batch_lock = threading.Lock()
 
@@ -158,21 +159,19 @@ class CloudTasksService:
         self._store.get_queue(parent)  # NOT_FOUND before anything else, as for CreateTask.
         creates = request.requests
         _check_batch_size(len(creates), MAX_BATCH_CREATE, "requests")
-        for create in creates:
-            if create.parent != parent:
+        for each in creates:
+            if each.parent != parent:
                 raise InvalidArgument(
                     f"Every request's parent must be the batch's parent ('{parent}'), not "
-                    f"'{create.parent}'."
+                    f"'{each.parent}'."
                 )
 
-        def run() -> tuple[Any, Any]:
+        def create() -> tuple[Any, Any, None]:
             created, failed = [], {}
-            for index, create in enumerate(creates):
+            for index, each in enumerate(creates):
                 try:
-                    new = prepare(parent, create.task, time.time())
-                    created.append(
-                        _view(self._store.create_task(parent, new), create.response_view)
-                    )
+                    new = prepare(parent, each.task, time.time())
+                    created.append(_view(self._store.create_task(parent, new), each.response_view))
                 except GoogleAPICallError as exc:
                     failed[index] = _status(exc)
             state = tasks_v2.BatchCreateTasksMetadata.State
@@ -183,9 +182,10 @@ class CloudTasksService:
                 state=state.PARTIALLY_SUCCEEDED if failed else state.SUCCEEDED,
                 failed_requests=failed,
             )
-            return tasks_v2.BatchCreateTasksResponse(tasks=created), metadata
+            response = tasks_v2.BatchCreateTasksResponse(tasks=created)
+            return tasks_v2.BatchCreateTasksResponse.pb(response), metadata, None
 
-        return self._operation(parent, request.request_id, run)
+        return self._operation(parent, request.request_id, create)
 
     def batch_delete_tasks(
         self, request: tasks_v2.BatchDeleteTasksRequest
@@ -195,7 +195,7 @@ class CloudTasksService:
         names = request.names
         _check_batch_size(len(names), MAX_BATCH_DELETE, "names")
 
-        def run() -> tuple[Any, Any]:
+        def delete() -> tuple[Any, Any, status_pb2.Status | None]:
             failed = {}
             for index, name in enumerate(names):
                 try:
@@ -205,42 +205,46 @@ class CloudTasksService:
                 except GoogleAPICallError as exc:
                     failed[index] = _status(exc)
             state = tasks_v2.BatchDeleteTasksMetadata.State
+            error = None
             if not failed:
                 code = state.SUCCEEDED
+            elif len(failed) < len(names):
+                code = state.PARTIALLY_SUCCEEDED
             else:
-                code = state.FAILED if len(failed) == len(names) else state.PARTIALLY_SUCCEEDED
+                code = state.FAILED
+                # Documented: when every delete fails, the operation's error is ABORTED.
+                error = status_pb2.Status(code=code_pb2.ABORTED, message="Every delete failed.")
             metadata = tasks_v2.BatchDeleteTasksMetadata(state=code, failed_requests=failed)
-            return empty_pb2.Empty(), metadata
+            return empty_pb2.Empty(), metadata, error
 
-        return self._operation(parent, request.request_id, run)
+        return self._operation(parent, request.request_id, delete)
 
     def _operation(
-        self, queue: str, request_id: str, run: Callable[[], tuple[Any, Any]]
+        self, queue: str, request_id: str, run: Callable[[], tuple[Any, Any, Any]]
     ) -> operations_pb2.Operation:
-        """Run a batch once per ``request_id`` and answer it as a finished Operation."""
+        """Run a batch once per ``request_id`` and answer it as a finished Operation.
+
+        ``run`` returns the raw response message, the metadata and the operation's error (None
+        unless the whole batch failed).
+        """
         location, _ = split_queue_name(queue)
         name = f"{location}/operations/{request_id or uuid.uuid4()}"
+        key = f"{run.__name__}:{name}"
         with self._batch_lock:
-            remembered = self._operations.get(name)
+            remembered = self._operations.get(key)
             if remembered is not None:
                 return remembered
             started = time.time()
-            response, metadata = run()
+            response, metadata, error = run()
             metadata.start_time = timestamp(started)
             metadata.end_time = timestamp(time.time())
             operation = operations_pb2.Operation(name=name, done=True)
             operation.metadata.Pack(type(metadata).pb(metadata))
-            if isinstance(response, empty_pb2.Empty):
-                if metadata.state == tasks_v2.BatchDeleteTasksMetadata.State.FAILED:
-                    # Documented: when every delete fails, the operation's error is ABORTED.
-                    operation.error.CopyFrom(
-                        status_pb2.Status(code=code_pb2.ABORTED, message="Every delete failed.")
-                    )
-                else:
-                    operation.response.Pack(response)
+            if error is not None:
+                operation.error.CopyFrom(error)
             else:
-                operation.response.Pack(type(response).pb(response))
-            self._operations[name] = operation
+                operation.response.Pack(response)
+            self._operations[key] = operation
             while len(self._operations) > MAX_REMEMBERED_OPERATIONS:
                 self._operations.popitem(last=False)
             return operation
