@@ -139,7 +139,8 @@ def _freeze(value: Any) -> Any:
         return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
     if isinstance(value, list | tuple | set | frozenset):
         return tuple(_freeze(v) for v in value)
-    return value
+    # With its type: True == 1 and hash(True) == hash(1), but they are different settings.
+    return type(value), value
 
 
 class _Resolver:
