@@ -130,7 +130,7 @@ def test_recovery_leaves_young_rows_to_their_enqueue(cloud_tasks: CloudTasks) ->
 
     call_command("cloudtasks_recover", "--dry-run", stdout=out)
 
-    assert "0 repaired" in out.getvalue()
+    assert "0 would be repaired (dry run)." in out.getvalue()
     assert queued_tasks(cloud_tasks) == []
 
 
@@ -158,3 +158,49 @@ def test_a_bulk_enqueue_in_a_transaction_waits_for_the_commit(cloud_tasks: Cloud
     assert cloud_tasks.emulator.wait_until_idle()
     names = TaskRecord.objects.filter(pk__in=[r.id for r in results])
     assert all(name.endswith(pk) for pk, name in names.values_list("pk", "cloud_task_name"))
+
+
+def test_recovery_reports_a_row_it_cannot_repair_and_exits_with_status_1(
+    cloud_tasks: CloudTasks,
+) -> None:
+    from django.core.management.base import CommandError
+
+    cloud_tasks.configure(STORE_RESULTS=True)
+    TaskRecord.objects.create(
+        id="orphan",
+        task_path="tests.tasks.no_such_task",
+        queue_name="default",
+        backend="default",
+        enqueued_at=timezone.now() - timedelta(hours=1),
+    )
+    out = StringIO()
+
+    with pytest.raises(CommandError, match="1 rows could not be repaired") as excinfo:
+        call_command("cloudtasks_recover", stdout=out)
+
+    assert excinfo.value.returncode == 1
+    assert "default uncreated orphan: failed: " in out.getvalue()
+    assert "tests.tasks.no_such_task" in out.getvalue()
+    assert queued_tasks(cloud_tasks) == []
+
+
+def test_a_dry_run_lists_what_recovery_would_create_and_creates_nothing(
+    cloud_tasks: CloudTasks,
+) -> None:
+    cloud_tasks.configure(STORE_RESULTS=True)
+    TaskRecord.objects.create(
+        id="pending",
+        task_path="tests.tasks.add",
+        queue_name="default",
+        backend="default",
+        args=[1, 2],
+        enqueued_at=timezone.now() - timedelta(hours=1),
+    )
+    out = StringIO()
+
+    call_command("cloudtasks_recover", "--dry-run", stdout=out)
+
+    assert "default uncreated pending: would repair (dry run)" in out.getvalue()
+    assert "1 would be repaired (dry run)." in out.getvalue()
+    assert queued_tasks(cloud_tasks) == []
+    assert TaskRecord.objects.get(pk="pending").cloud_task_name == ""

@@ -59,7 +59,10 @@ class Command(BaseCommand):
             self.stdout.write(
                 line if outcome.done or options["dry_run"] else self.style.ERROR(line)
             )
-        failed = sum(not o.done for o in outcomes) if not options["dry_run"] else 0
+        if options["dry_run"]:
+            self.stdout.write(f"{len(outcomes)} would be repaired (dry run).")
+            return
+        failed = sum(not o.done for o in outcomes)
         self.stdout.write(f"{len(outcomes) - failed} repaired, {failed} failed.")
         if failed:
             raise CommandError(f"{failed} rows could not be repaired; see above.", returncode=1)
