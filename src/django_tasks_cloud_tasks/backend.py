@@ -147,11 +147,7 @@ class CloudTasksBackend(BaseTaskBackend):
         if database is not None:
             self._create_on_commit(prepared, database)
             return [p.result for p in prepared]
-        batches = [
-            (chunk, client.batch_create(self.config, chunk[0].queue_id, _requests(chunk)))
-            for chunk in _chunks(prepared)
-        ]
-        return self._settle_batches(prepared, batches)
+        return self._settle_batches(prepared, self._send_batches(prepared))
 
     async def aenqueue_many(
         self, task: Task[_P, _R], calls: Iterable[Call]
@@ -167,6 +163,14 @@ class CloudTasksBackend(BaseTaskBackend):
         if self.config.store_results:
             return await sync_to_async(self._settle_batches)(prepared, batches)
         return self._settle_batches(prepared, batches)
+
+    def _send_batches(
+        self, prepared: list[Prepared]
+    ) -> list[tuple[list[Prepared], client.BatchOutcome]]:
+        return [
+            (chunk, client.batch_create(self.config, chunk[0].queue_id, _requests(chunk)))
+            for chunk in _chunks(prepared)
+        ]
 
     def _settle_batches(
         self,
@@ -259,11 +263,7 @@ class CloudTasksBackend(BaseTaskBackend):
                 self._record(item.result, name, created=True)
                 self._enqueued(item.result)
             else:
-                batches = [
-                    (chunk, client.batch_create(self.config, chunk[0].queue_id, _requests(chunk)))
-                    for chunk in _chunks(prepared)
-                ]
-                self._settle_batches(prepared, batches)
+                self._settle_batches(prepared, self._send_batches(prepared))
         except Exception:
             ids = ", ".join(item.result.id for item in prepared)
             fix = (
