@@ -8,8 +8,9 @@ A full run appends its figures, with the date, machine and versions, to ``benchm
 
 Each figure is the median of several repetitions, and each is compared with its floor, measured in
 alternation with it, in the same run on the same machine: the raw, reused ``CloudTasksClient``
-calling the same emulator; a bare Django JSON view behind the same server and middleware; a process
-that builds a raw client instead of the backend. The emulator and the web server run in processes of
+calling the same emulator with the same requests (named, as the backend names tasks by default); a
+bare Django JSON view behind the same server and middleware; a process that builds a raw client
+instead of the backend. The emulator and the web server run in processes of
 their own, so the client side is measured alone. Queues are paused: the emulator does not dispatch.
 """
 
@@ -145,6 +146,17 @@ def raw_request(handler_host: str) -> dict[str, Any]:
     }
 
 
+def named_requests(count: int) -> list[dict[str, Any]]:
+    """``count`` raw requests, each with a task name of its own as the backend sends by default
+    (NAMED_TASKS): the floor does the same work on the server, and builds them before timing."""
+    requests = []
+    for _ in range(count):
+        request = raw_request("http://127.0.0.1:9")
+        request["task"]["name"] = f"{PARENT}/tasks/{uuid.uuid4()}"
+        requests.append(request)
+    return requests
+
+
 def rate(count: int, run: Callable[[], Any]) -> float:
     started = time.perf_counter()
     run()
@@ -165,12 +177,13 @@ def enqueue_figures(repeat: int, count: int, emulator_host: str) -> list[Figure]
         return rate(count, lambda: [noop.enqueue(*args, **kwargs) for _ in range(count)])
 
     def raw_sequential() -> float:
-        return rate(count, lambda: [raw.create_task(request=request) for _ in range(count)])
+        requests = named_requests(count)
+        return rate(count, lambda: [raw.create_task(request=r) for r in requests])
 
-    def threaded(call: Callable[[], Any]) -> float:
+    def threaded(call: Callable[[Any], Any], items: list[Any]) -> float:
         def run() -> None:
             with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda _: call(), range(count)))
+                list(pool.map(call, items))
 
         return rate(count, run)
 
@@ -187,8 +200,8 @@ def enqueue_figures(repeat: int, count: int, emulator_host: str) -> list[Figure]
             "enqueue, 8 threads",
             *paired(
                 repeat,
-                lambda: threaded(lambda: noop.enqueue(*args, **kwargs)),
-                lambda: threaded(lambda: raw.create_task(request=request)),
+                lambda: threaded(lambda _: noop.enqueue(*args, **kwargs), [None] * count),
+                lambda: threaded(lambda r: raw.create_task(request=r), named_requests(count)),
             ),
             "ops/s",
             ">= 0.9x",
@@ -207,7 +220,8 @@ def enqueue_figures(repeat: int, count: int, emulator_host: str) -> list[Figure]
         ours, floor = [], []
         for _ in range(repeat):  # In alternation, as paired() does.
             ours.append(await gathered(lambda: noop.aenqueue(*args, **kwargs)))
-            floor.append(await gathered(lambda: raw_async.create_task(request=request)))
+            requests = iter(named_requests(count))
+            floor.append(await gathered(lambda r=requests: raw_async.create_task(request=next(r))))
         return statistics.median(ours), statistics.median(floor)
 
     ours_async, raw_async = asyncio.run(async_figures())
@@ -401,6 +415,44 @@ def store_enqueue_figure(repeat: int, count: int) -> Figure:
     return Figure("enqueue with result store, sequential", ours, floor, "ops/s", ">= 0.7x")
 
 
+def delivery_figures(repeat: int, emulator_host: str) -> list[Figure]:
+    """Bulk enqueue against sequential enqueue() (1,000 tasks each, both ours), and the cost of
+    naming a task: CreateTask with and without a name, with the raw client."""
+    from benchmarks.tasks import noop
+    from django_tasks_cloud_tasks import Call, client, enqueue_many
+
+    count = 1000
+    raw = client.sync_client(emulator_host)
+    args, kwargs = ARGS
+    calls = [Call(*args, **kwargs) for _ in range(count)]
+
+    def bulk() -> float:
+        return rate(count, lambda: enqueue_many(noop, calls))
+
+    def sequential() -> float:
+        return rate(count, lambda: [noop.enqueue(*args, **kwargs) for _ in range(count)])
+
+    def create(named: bool) -> float:
+        # Requests built beforehand: only the calls are timed.
+        request = raw_request("http://127.0.0.1:9")
+        requests = named_requests(count) if named else [request] * count
+        return rate(count, lambda: [raw.create_task(request=r) for r in requests])
+
+    bulk()  # Warm up the batch path.
+    bulk_rate, sequential_rate = paired(repeat, bulk, sequential)
+    named_rate, unnamed_rate = paired(repeat, lambda: create(True), lambda: create(False))
+    return [
+        Figure(
+            "bulk enqueue (enqueue_many), 1000 tasks",
+            bulk_rate,
+            sequential_rate,
+            "ops/s",
+            ">= 5x sequential enqueue()",
+        ),
+        Figure("CreateTask named vs unnamed (raw client)", named_rate, unnamed_rate, "ops/s", ""),
+    ]
+
+
 # --- cold start ------------------------------------------------------------------------------
 
 COLD_OURS = """
@@ -491,6 +543,7 @@ def main() -> None:
         client.sync_client(emulator_host).pause_queue(name=PARENT)
         figures += enqueue_figures(repeat, count, emulator_host)
         figures.append(store_enqueue_figure(repeat, count))
+        figures += delivery_figures(repeat, emulator_host)
         figures += cold_start_figures(repeat, emulator_host)
     figures += dispatch_figures(repeat, options.quick)
     # The view benchmark needs only the emulator's keys (for OIDC tokens): run it in-process.

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 import requests
+from google.api_core.exceptions import ServiceUnavailable
 from google.cloud import scheduler_v1, tasks_v2
 from google.cloud.scheduler_v1.services.cloud_scheduler.transports import (
     CloudSchedulerGrpcTransport,
@@ -197,6 +198,28 @@ def test_the_command_creates_the_declared_queues_and_schedules() -> None:
         proc.wait(10)
 
 
+def test_faults_given_on_the_command_line_apply_to_the_next_calls() -> None:
+    port = free_port()
+    proc = start(
+        "--port", str(port), "--project", "p", "--location", "l",
+        "--fault", "CreateTask,status=UNAVAILABLE,times=1",
+    )  # fmt: skip
+    try:
+        assert "CreateTask" in read_line_containing(proc, "Injecting fault")
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        task = {"http_request": {"url": "http://127.0.0.1:9/"}}
+        parent = "projects/p/locations/l/queues/default"
+        client.pause_queue(name=parent)
+
+        with pytest.raises(ServiceUnavailable, match="Fault injected"):
+            client.create_task(parent=parent, task=task)
+        assert client.create_task(parent=parent, task=task).name.startswith(parent)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
 def test_the_command_keeps_its_queues_and_tasks_in_a_state_file(tmp_path: Path) -> None:
     port = free_port()
     state = ["--port", str(port), "--state-file", str(tmp_path / "state.sqlite3")]
@@ -225,3 +248,23 @@ def test_the_command_keeps_its_queues_and_tasks_in_a_state_file(tmp_path: Path) 
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        pytest.param("CreateTask,status=NOPE", "is not a gRPC status", id="unknown-status"),
+        pytest.param("CreateTask,after-success", "needs the status", id="after-without-status"),
+        pytest.param("CreateTask,times=0", "times >= 1", id="zero-times"),
+        pytest.param("CreateTask,color=red", "unknown fault setting", id="unknown-setting"),
+        pytest.param("CreateTask", "needs a status, a delay", id="no-fault"),
+    ],
+)
+def test_a_bad_fault_is_explained_not_a_traceback(spec: str, reason: str) -> None:
+    proc = start("--port", str(free_port()), "--fault", spec)
+    _, stderr = proc.communicate(timeout=30)
+
+    assert proc.returncode == 1
+    assert "--fault: " in stderr
+    assert reason in stderr
+    assert "Traceback" not in stderr

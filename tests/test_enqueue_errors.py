@@ -124,3 +124,51 @@ def test_emulator_down_raises_cloud_tasks_error_quickly(
     assert time.monotonic() - started < 25
     assert f"127.0.0.1:{unused_tcp_port}" in str(excinfo.value)
     assert recorder.calls == []
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        pytest.param({1: "a"}, id="int-key"),
+        pytest.param([{"ok": {None: 1}}], id="nested-none-key"),
+        pytest.param({(1, 2): "a"}, id="tuple-key"),
+    ],
+)
+def test_dict_keys_that_json_would_turn_into_strings_are_refused(
+    cloud_tasks: CloudTasks, argument: object
+) -> None:
+    with pytest.raises(TypeError, match="is not a string"):
+        tasks.add.enqueue(1, argument)
+
+    assert_nothing_enqueued_or_ran(cloud_tasks)
+
+
+def test_an_aware_run_after_is_accepted_without_time_zone_support(
+    cloud_tasks: CloudTasks,
+) -> None:
+    cloud_tasks.settings.USE_TZ = False
+    run_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
+
+    tasks.add.using(run_after=run_after).enqueue(1, 2)
+
+    assert recorder.wait_for(1)[0].args == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        pytest.param({"ENQUEUE_DEADLINE": 0.1}, "ENQUEUE_DEADLINE", id="deadline-too-short"),
+        pytest.param({"ENQUEUE_DEADLINE": "10"}, "ENQUEUE_DEADLINE", id="deadline-string"),
+        pytest.param({"NAMED_TASKS": "yes"}, "NAMED_TASKS", id="named-not-bool"),
+        pytest.param({"ENQUEUE_ON_COMMIT": 1}, "ENQUEUE_ON_COMMIT", id="on-commit-int"),
+    ],
+)
+def test_bad_delivery_options_are_refused_naming_the_option(
+    cloud_tasks: CloudTasks, options: dict[str, object], named: str
+) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    cloud_tasks.configure(**options)
+
+    with pytest.raises(ImproperlyConfigured, match=named):
+        tasks.add.enqueue(1, 2)

@@ -3,8 +3,10 @@
 What users may import or name, and nothing else, is public:
 
 - ``django_tasks_cloud_tasks.CloudTasksBackend`` (the ``BACKEND`` of ``TASKS``), with the exceptions
-  ``CloudTasksError``, ``PayloadTooLarge`` and ``PermanentFailure``, the task class ``CloudTask``
-  (``max_attempts``) and the ``task`` decorator, all importable from this package;
+  ``CloudTasksError``, ``EnqueueOutcomeUnknown``, ``BulkEnqueueError``, ``PayloadTooLarge`` and
+  ``PermanentFailure``, the task class ``CloudTask`` (``max_attempts``), the ``task`` decorator,
+  and bulk enqueue (``Call``, ``enqueue_many``, ``aenqueue_many``), all importable from this
+  package;
 - ``django_tasks_cloud_tasks`` in ``INSTALLED_APPS`` (the result store, its admin and checks) and
   ``django_tasks_cloud_tasks.urls`` (the execute view, to ``include`` under ``cloudtasks/``);
 - ``django_tasks_cloud_tasks.emulator.Emulator`` and the ``cloudtasks_emulator`` and
@@ -42,15 +44,26 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .attempts import CloudTask, task
-    from .backend import CloudTasksBackend
-    from .exceptions import CloudTasksError, PayloadTooLarge, PermanentFailure
+    from .backend import Call, CloudTasksBackend, aenqueue_many, enqueue_many
+    from .exceptions import (
+        BulkEnqueueError,
+        CloudTasksError,
+        EnqueueOutcomeUnknown,
+        PayloadTooLarge,
+        PermanentFailure,
+    )
 
 __all__ = [
+    "BulkEnqueueError",
+    "Call",
     "CloudTask",
     "CloudTasksBackend",
     "CloudTasksError",
+    "EnqueueOutcomeUnknown",
     "PayloadTooLarge",
     "PermanentFailure",
+    "aenqueue_many",
+    "enqueue_many",
     "task",
 ]
 __version__ = "0.2.0"
@@ -58,8 +71,13 @@ __version__ = "0.2.0"
 _LAZY = {
     "CloudTask": ".attempts",
     "task": ".attempts",
+    "Call": ".backend",
     "CloudTasksBackend": ".backend",
+    "aenqueue_many": ".backend",
+    "enqueue_many": ".backend",
+    "BulkEnqueueError": ".exceptions",
     "CloudTasksError": ".exceptions",
+    "EnqueueOutcomeUnknown": ".exceptions",
     "PayloadTooLarge": ".exceptions",
     "PermanentFailure": ".exceptions",
 }

@@ -34,6 +34,7 @@ from .declarations import (
     parse_queues,
     parse_schedules,
 )
+from .limits import QUEUE_ID
 
 DEFAULT_HANDLER_PATH = "/cloudtasks/execute/"
 DEFAULT_SCHEDULE_PATH = "/cloudtasks/schedule/"
@@ -42,6 +43,11 @@ MIN_DISPATCH_DEADLINE = timedelta(seconds=15)
 MAX_DISPATCH_DEADLINE = timedelta(minutes=30)
 # What Cloud Tasks waits for an HTTP target when the task sets no dispatch deadline.
 DEFAULT_DISPATCH_DEADLINE = timedelta(minutes=10)
+# How long enqueue() may take, retries included: short enough for a web request to stay
+# responsive, long enough for a few retries across a blip of a second or two.
+DEFAULT_ENQUEUE_DEADLINE = 10.0
+MIN_ENQUEUE_DEADLINE = 0.5
+MAX_ENQUEUE_DEADLINE = 600.0
 _APP = "django_tasks_cloud_tasks"
 # On the emulator: a project and location that need no Google Cloud account, and where
 # ``manage.py runserver`` listens by default.
@@ -77,9 +83,11 @@ OPTION_NAMES = frozenset(
         "SCHEDULES",
         "SCHEDULE_HANDLER_PATH",
         "SCHEDULER_LOCATION",
+        "ENQUEUE_DEADLINE",
+        "NAMED_TASKS",
+        "ENQUEUE_ON_COMMIT",
     }
 )
-_QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
 _PROJECT_ID = re.compile(r"[A-Za-z0-9:.-]+")
 _LOCATION = re.compile(r"[a-z0-9-]+")
 
@@ -101,6 +109,14 @@ class CloudTasksConfig:
     dispatch_deadline: timedelta | None
     emulator_host: str | None
     store_results: bool
+    # Seconds that creating a task may take, retries included.
+    enqueue_deadline: float
+    # Whether tasks are named after their result id, which makes retries safe.
+    named_tasks: bool
+    # Whether enqueue() inside transaction.atomic() waits for the commit, and of which database
+    # (None: the result store's, or "default" without the store).
+    enqueue_on_commit: bool
+    on_commit_database: str | None
     # Whether the execute view's error answers carry the exception's message, not only its class.
     response_error_messages: bool = False
     # Declared in CLOUD_TASKS_QUEUES and SCHEDULES (see ``declarations.py``).
@@ -172,7 +188,8 @@ def _freeze(value: Any) -> Any:
         return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
     if isinstance(value, list | tuple | set | frozenset):
         return tuple(_freeze(v) for v in value)
-    return value
+    # With its type: True == 1 and hash(True) == hash(1), but they are different settings.
+    return type(value), value
 
 
 class _Resolver:
@@ -197,6 +214,7 @@ class _Resolver:
         if not (project and location and handler_host):
             raise self.missing(project=project, location=location, handler_host=handler_host)
         email = self.service_account_email(on_emulator=self.on_emulator)
+        on_commit, on_commit_database = self.enqueue_on_commit()
         return CloudTasksConfig(
             alias=self.alias,
             project=project,
@@ -215,6 +233,10 @@ class _Resolver:
             schedules=self.declared(parse_schedules, "SCHEDULES"),
             schedule_handler_path=self.schedule_handler_path(),
             scheduler_location=self.scheduler_location(location),
+            enqueue_deadline=self.enqueue_deadline(),
+            named_tasks=self.boolean("NAMED_TASKS", default=True),
+            enqueue_on_commit=on_commit,
+            on_commit_database=on_commit_database,
         )
 
     def error(self, message: str) -> ImproperlyConfigured:
@@ -387,8 +409,8 @@ class _Resolver:
         audience: str = self.option("OIDC_AUDIENCE") or handler_host
         return audience
 
-    def boolean(self, name: str) -> bool:
-        value = self.options.get(name, False)
+    def boolean(self, name: str, *, default: bool = False) -> bool:
+        value = self.options.get(name, default)
         if not isinstance(value, bool):
             raise self.error(f"OPTIONS[{name!r}] must be True or False, not {value!r}.")
         return value
@@ -415,7 +437,7 @@ class _Resolver:
             )
         parsed = []
         for queue_id, threshold in bands.items():
-            if not (isinstance(queue_id, str) and _QUEUE_ID.fullmatch(queue_id)):
+            if not (isinstance(queue_id, str) and QUEUE_ID.fullmatch(queue_id)):
                 raise self.error(f"PRIORITY_QUEUES key {queue_id!r} is not a valid queue id.")
             if not isinstance(threshold, int) or isinstance(threshold, bool):
                 raise self.error(
@@ -435,6 +457,29 @@ class _Resolver:
                 "between 15 and 1800."
             )
         return deadline
+
+    def enqueue_deadline(self) -> float:
+        value = self.options.get("ENQUEUE_DEADLINE", DEFAULT_ENQUEUE_DEADLINE)
+        deadline = _as_timedelta(value)
+        seconds = deadline.total_seconds() if deadline is not None else None
+        if seconds is None or not MIN_ENQUEUE_DEADLINE <= seconds <= MAX_ENQUEUE_DEADLINE:
+            raise self.error(
+                f"ENQUEUE_DEADLINE {value!r} must be a number of seconds (or a timedelta) "
+                f"between {MIN_ENQUEUE_DEADLINE:g} and {MAX_ENQUEUE_DEADLINE:g}."
+            )
+        return seconds
+
+    def enqueue_on_commit(self) -> tuple[bool, str | None]:
+        value = self.options.get("ENQUEUE_ON_COMMIT", False)
+        if isinstance(value, bool):
+            return value, None
+        if isinstance(value, str) and value in settings.DATABASES:
+            return True, value
+        raise self.error(
+            f"ENQUEUE_ON_COMMIT {value!r} must be True (wait for the commit of the result "
+            "store's database, or 'default'), False, or the alias of a database in DATABASES "
+            f"({', '.join(map(repr, settings.DATABASES))})."
+        )
 
 
 def _with_suggestion(name: str) -> str:

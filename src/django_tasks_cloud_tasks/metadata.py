@@ -9,11 +9,8 @@ Google Cloud fails in well under a second instead of hanging on a host that will
 from __future__ import annotations
 
 import os
-from functools import cache
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import google.auth.transport.requests
+from .transport import http_request
 
 DEFAULT_HOST = "metadata.google.internal"
 # A real metadata server answers in about a millisecond.
@@ -30,13 +27,6 @@ def metadata_host() -> str:
     )
 
 
-@cache
-def _request() -> google.auth.transport.requests.Request:
-    import google.auth.transport.requests
-
-    return google.auth.transport.requests.Request()
-
-
 def read(path: str) -> str:
     """Return the metadata value at ``path``, e.g. ``project/project-id``."""
     # Imported here: most configurations never ask, and these cost ~0.1 s at Django start-up.
@@ -45,7 +35,9 @@ def read(path: str) -> str:
 
     root = f"http://{metadata_host()}/computeMetadata/v1/"
     try:
-        value = _metadata.get(_request(), path, root=root, retry_count=1, timeout=TIMEOUT_SECONDS)
+        value = _metadata.get(
+            http_request(), path, root=root, retry_count=1, timeout=TIMEOUT_SECONDS
+        )
     except google.auth.exceptions.GoogleAuthError as exc:
         # google-auth's message repeats the URL and the whole urllib3 chain; the cause is kept.
         raise MetadataUnavailable(f"{root}{path} could not be read") from exc

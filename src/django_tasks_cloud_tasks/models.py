@@ -34,7 +34,10 @@ class TaskRecord(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     last_attempted_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Empty until Cloud Tasks has the task: a READY row without it is in the outbox.
     cloud_task_name = models.CharField(max_length=500, blank=True, default="")
+    # The task's run_after, so that recovery can create a task the way it was enqueued.
+    run_after = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "task result"
@@ -60,7 +63,10 @@ class TaskRecord(models.Model):
             )
         result: TaskResult[..., Any] = TaskResult(
             task=task.using(
-                queue_name=self.queue_name, priority=self.priority, backend=self.backend
+                queue_name=self.queue_name,
+                priority=self.priority,
+                backend=self.backend,
+                run_after=self.run_after,
             ),
             id=self.id,
             status=TaskResultStatus(self.status),

@@ -19,12 +19,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeGuard
+
+from .transport import http_request
 
 if TYPE_CHECKING:
     import google.auth.crypt
-    import google.auth.transport.requests
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
@@ -122,7 +123,7 @@ class CertificateCache:
         import google.auth.exceptions
 
         try:
-            response = _transport()(url=url, method="GET", timeout=5)
+            response = http_request()(url=url, method="GET", timeout=5)
         except google.auth.exceptions.TransportError as exc:
             raise CertificatesUnavailable(f"fetching {url} failed ({exc})") from exc
         if response.status != 200:
@@ -148,13 +149,6 @@ class CertificateCache:
 
 
 certificates = CertificateCache()
-
-
-@cache
-def _transport() -> google.auth.transport.requests.Request:
-    import google.auth.transport.requests
-
-    return google.auth.transport.requests.Request()
 
 
 @dataclass(frozen=True, slots=True)

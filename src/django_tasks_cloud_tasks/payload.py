@@ -63,6 +63,8 @@ class Payload:
             "takes_context": self.takes_context,
             "enqueued_at": self.enqueued_at.isoformat() if self.enqueued_at else None,
         }
+        _refuse_non_str_keys(self.task_path, self.args)
+        _refuse_non_str_keys(self.task_path, self.kwargs)
         try:
             text = json.dumps(
                 document, separators=(",", ":"), allow_nan=False, default=_refuse_non_json
@@ -84,6 +86,23 @@ def _refuse_non_json(value: object) -> None:
         "types only (str, int, float, bool, None, list, dict with str keys): convert dates with "
         ".isoformat(), UUIDs and Decimals with str(), and model instances to their primary key."
     )
+
+
+def _refuse_non_str_keys(task_path: str, value: object) -> None:
+    """Refuse dict keys JSON would turn into strings: the task would receive ``{"1": ...}``
+    while ``TaskResult.args`` (normalised by Django) holds ``{1: ...}``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"Arguments of task {task_path} are not JSON-serialisable: dict key {key!r} "
+                    f"(of type {type(key).__qualname__}) is not a string, and JSON would turn it "
+                    "into one, so the task would receive a different dict. Use str keys."
+                )
+            _refuse_non_str_keys(task_path, item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_non_str_keys(task_path, item)
 
 
 def decode(body: bytes) -> Payload:

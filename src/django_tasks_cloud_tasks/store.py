@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,14 +72,53 @@ class StillRunning:
     retry_after: int  # Seconds until that attempt's deadline passes.
 
 
-def record_enqueued(result: TaskResult[..., Any], cloud_task_name: str) -> None:
-    """Write the READY row of a task just created in Cloud Tasks: one INSERT.
+def record_enqueued(result: TaskResult[..., Any], cloud_task_name: str = "") -> None:
+    """Write the READY row of a task: one INSERT.
+
+    With ``cloud_task_name`` the task is in Cloud Tasks already. Without it the row is the outbox
+    of a task to be created after the enqueuing transaction commits (``record_created`` then
+    adds the name); ``cloudtasks_recover`` creates the task of a row left without one.
 
     If a delivery already created the row, only the Cloud Tasks task name is added: the row
     holds the delivery's newer state.
     """
+    record = _ready_record(result, cloud_task_name)
+    database = router.db_for_write(TaskRecord)
+    if not _insert(database, record) and cloud_task_name:
+        record_created(result.id, cloud_task_name)
+
+
+async def arecord_enqueued(result: TaskResult[..., Any], cloud_task_name: str = "") -> None:
+    await sync_to_async(record_enqueued)(result, cloud_task_name)
+
+
+def record_created(result_id: str, cloud_task_name: str) -> None:
+    """Note on a row that Cloud Tasks now has its task: it leaves the outbox."""
+    TaskRecord.objects.using(router.db_for_write(TaskRecord)).filter(pk=result_id).update(
+        cloud_task_name=cloud_task_name
+    )
+
+
+def record_enqueued_many(results: Sequence[TaskResult[..., Any]], names: Sequence[str]) -> None:
+    """``record_enqueued`` for many tasks: one INSERT for the rows no delivery wrote first."""
+    database = router.db_for_write(TaskRecord)
+    records = TaskRecord.objects.using(database)
+    with transaction.atomic(using=database):
+        records.bulk_create(
+            [_ready_record(r, name) for r, name in zip(results, names, strict=True)],
+            ignore_conflicts=True,
+        )
+        # Rows a delivery inserted first lack the name (rare: the task ran within milliseconds).
+        named = {r.id: name for r, name in zip(results, names, strict=True) if name}
+        if named:
+            unnamed = records.filter(pk__in=list(named), cloud_task_name="")
+            for result_id in unnamed.values_list("pk", flat=True):
+                records.filter(pk=result_id).update(cloud_task_name=named[result_id])
+
+
+def _ready_record(result: TaskResult[..., Any], cloud_task_name: str) -> TaskRecord:
     task = result.task
-    record = TaskRecord(
+    return TaskRecord(
         id=result.id,
         task_path=task.module_path,
         queue_name=task.queue_name,
@@ -88,17 +128,9 @@ def record_enqueued(result: TaskResult[..., Any], cloud_task_name: str) -> None:
         args=result.args,
         kwargs=result.kwargs,
         enqueued_at=result.enqueued_at,
+        run_after=task.run_after,
         cloud_task_name=cloud_task_name,
     )
-    database = router.db_for_write(TaskRecord)
-    if not _insert(database, record):
-        TaskRecord.objects.using(database).filter(pk=record.pk).update(
-            cloud_task_name=cloud_task_name
-        )
-
-
-async def arecord_enqueued(result: TaskResult[..., Any], cloud_task_name: str) -> None:
-    await sync_to_async(record_enqueued)(result, cloud_task_name)
 
 
 def claim(

@@ -18,6 +18,7 @@ from typing import Any
 
 from google.api_core.exceptions import GoogleAPICallError
 
+from .faults import Fault
 from .server import DEFAULT_QUEUE_REUSE_SECONDS, DEFAULT_TOMBSTONE_SECONDS, Emulator
 
 DEFAULT_PORT = 8123
@@ -110,6 +111,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="How long a finished or deleted task's name cannot be used again "
         "(env CLOUD_TASKS_EMULATOR_TASK_NAME_REUSE_WAIT; default 86400).",
     )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        dest="faults",
+        default=[],
+        metavar="SPEC",
+        help="Make calls misbehave, for testing retries (repeatable): "
+        "METHOD[,status=CODE][,after-success][,delay=SECONDS][,times=N|always], e.g. "
+        "'CreateTask,status=UNAVAILABLE,times=2'. See docs/delivery-guarantees.md.",
+    )
 
 
 def env_queues() -> list[str] | None:
@@ -127,7 +138,11 @@ def build(
 ) -> Emulator:
     """An emulator configured by the shared flags; StartError if they are wrong."""
     try:
-        return Emulator(
+        faults = [Fault.parse(spec) for spec in options["faults"]]
+    except ValueError as exc:
+        raise StartError(f"--fault: {exc}") from exc
+    try:
+        emulator = Emulator(
             host=options["host"],
             port=options["port"],
             project=project,
@@ -143,6 +158,15 @@ def build(
     except (ValueError, GoogleAPICallError, sqlite3.Error) as exc:
         # A malformed --issuer, a --queue name Cloud Tasks would refuse, an unusable state file.
         raise StartError(f"Could not start the emulator: {exc}") from exc
+    for fault in faults:
+        emulator.inject_fault(
+            fault.method,
+            status=fault.status,
+            after_success=fault.after_success,
+            delay=fault.delay,
+            times=fault.times,
+        )
+    return emulator
 
 
 def serve(
@@ -178,6 +202,8 @@ def serve(
         f"Web page: {emulator.console_url}\n"
         f"Point clients at it with: export CLOUD_TASKS_EMULATOR_HOST={emulator.address}"
     )
+    for fault in emulator.pending_faults:
+        write(f"Injecting fault: {fault}")
     stop.wait()
     emulator.stop()
     write("Emulator stopped.")

@@ -6,12 +6,12 @@ import re
 
 from google.api_core.exceptions import InvalidArgument
 
+from ..limits import QUEUE_ID, TASK_ID
+
 _LOCATION = r"projects/[A-Za-z0-9\-:.]+/locations/[A-Za-z0-9-]+"
 _LOCATION_NAME = re.compile(_LOCATION)
 _QUEUE_NAME = re.compile(rf"({_LOCATION})/queues/([^/]*)")
 _TASK_NAME = re.compile(rf"({_LOCATION}/queues/[^/]*)/tasks/(.*)")
-_QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
-_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
 
 # The wording of the first two and the last message is the real service's, as recorded by
 # aertje/cloud-tasks-emulator's conformance goldens; the others follow the same pattern.
@@ -50,7 +50,7 @@ def check_location(name: str) -> str:
 def split_queue_name(name: str) -> tuple[str, str]:
     """``(location name, queue id)`` of a full queue name."""
     match = _QUEUE_NAME.fullmatch(name)
-    if match is None or not _QUEUE_ID.fullmatch(match[2]):
+    if match is None or not QUEUE_ID.fullmatch(match[2]):
         raise InvalidArgument(_BAD_QUEUE_NAME)
     return match[1], match[2]
 
@@ -66,7 +66,7 @@ def split_task_name(name: str) -> tuple[str, str]:
     if match is None:
         raise InvalidArgument(_BAD_TASK_NAME)
     check_queue_name(match[1])
-    if not _TASK_ID.fullmatch(match[2]):
+    if not TASK_ID.fullmatch(match[2]):
         raise InvalidArgument(_BAD_TASK_ID.format(match[2]))
     return match[1], match[2]
 

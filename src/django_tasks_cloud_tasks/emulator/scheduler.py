@@ -24,6 +24,7 @@ import grpc
 import requests
 from google.cloud import scheduler_v1
 
+from .faults import Faults
 from .names import check_location
 from .paging import page
 from .schedules import JobAttempt, JobStore, Run
@@ -38,9 +39,10 @@ _SENDERS = 4
 
 
 class CloudSchedulerService:
-    def __init__(self, store: JobStore, runner: JobRunner) -> None:
+    def __init__(self, store: JobStore, runner: JobRunner, fault_plans: Faults) -> None:
         self._store = store
         self._runner = runner
+        self.faults = fault_plans  # Read by ``_unary``, as the Cloud Tasks service's are.
 
     def handler(self) -> Any:
         job = scheduler_v1.Job.serialize

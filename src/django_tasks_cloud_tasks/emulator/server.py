@@ -14,6 +14,7 @@ from google.cloud import tasks_v2
 
 from .console import Console
 from .dispatcher import Dispatcher
+from .faults import Fault, Faults, status_code
 from .names import check_queue_name, location_name
 from .persistence import Journal
 from .records import DispatchRecord
@@ -75,6 +76,7 @@ class Emulator:
             queue_reuse_seconds=queue_reuse_seconds,
             journal=journal,
         )
+        self._faults = Faults()
         self._started = False
         self._address: str | None = None
         self._issuer: str | None = None
@@ -181,6 +183,41 @@ class Emulator:
             raise RuntimeError("The emulator has not been started.")
         return self._signer.mint(email=email, audience=audience)
 
+    def inject_fault(
+        self,
+        method: str,
+        *,
+        status: grpc.StatusCode | str | None = None,
+        after_success: bool = False,
+        delay: float = 0.0,
+        times: int | None = 1,
+    ) -> None:
+        """Make the next ``times`` calls of gRPC ``method`` (e.g. ``"CreateTask"``) misbehave.
+
+        - ``status`` alone: the call is refused with that status (``grpc.StatusCode`` or its
+          name, e.g. ``"UNAVAILABLE"``) and does nothing.
+        - ``status`` with ``after_success=True``: the call does its work (the task is created),
+          then answers with that status, as when an answer is lost on the way back.
+        - ``delay``: seconds before the answer (the error's or the success's); a client whose
+          deadline passes first sees DEADLINE_EXCEEDED, although the work may be done.
+
+        ``times=None`` applies to every call until ``clear_faults`` (or ``reset``). Plans for
+        one method apply in the order they were added. Works before and after ``start``.
+        """
+        code = status_code(status) if isinstance(status, str) else status
+        self._faults.add(
+            Fault(method, status=code, after_success=after_success, delay=delay, times=times)
+        )
+
+    def clear_faults(self) -> None:
+        """Drop every fault plan not used up yet."""
+        self._faults.clear()
+
+    @property
+    def pending_faults(self) -> list[Fault]:
+        """The fault plans not used up yet, in order (copies)."""
+        return self._faults.pending()
+
     def wait_until_idle(self, timeout: float = 10.0) -> bool:
         """Wait until no task is scheduled (in any queue, paused or not) or in flight.
 
@@ -189,12 +226,13 @@ class Emulator:
         return self._store.wait_until_idle(timeout)
 
     def reset(self) -> None:
-        """Drop every task, tombstone and dispatch record; the queues stay as they are.
+        """Drop every task, tombstone, dispatch record and fault plan; the queues stay as they are.
 
         Attempts already under way still reach their targets, but are neither recorded nor
         retried.
         """
         self._store.reset()
+        self._faults.clear()
 
     def stop(self) -> None:
         """Stop serving and dispatching; attempts still waiting on their targets are abandoned."""
@@ -248,7 +286,7 @@ class Emulator:
         self._grpc_server = grpc.server(self._grpc_executor, options=[("grpc.so_reuseport", 0)])
         port = self._grpc_server.add_insecure_port(f"{self._host}:{self._port}")
         handlers = [
-            CloudTasksService(self._store).handler(),
+            CloudTasksService(self._store, self._faults).handler(),
             oidc_config_handler(issuer, f"{issuer}/certs"),
         ]
         if self._jobs is not None:
@@ -256,7 +294,9 @@ class Emulator:
 
             self._job_runner = JobRunner(self._jobs, self._signer, self._log)
             self._job_runner.start()
-            handlers.append(CloudSchedulerService(self._jobs, self._job_runner).handler())
+            handlers.append(
+                CloudSchedulerService(self._jobs, self._job_runner, self._faults).handler()
+            )
         # Last: it answers every method the handlers before it do not serve.
         handlers.append(unimplemented_handler())
         self._grpc_server.add_generic_rpc_handlers(tuple(handlers))
