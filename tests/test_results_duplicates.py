@@ -87,8 +87,8 @@ def test_concurrent_deliveries_run_the_task_once_and_ask_the_rest_to_retry(
         assert refused.status_code == 409
         assert refused.json()["status"] == "running"
         assert "another attempt" in refused.json()["reason"]
-        # Until the default dispatch deadline (10 minutes) of the running attempt passes.
-        assert 590 <= int(refused.headers["Retry-After"]) <= 600
+        # Until the running attempt's lease (LEASE, 15 s by default) lapses.
+        assert 1 <= int(refused.headers["Retry-After"]) <= 15
     result = tasks.slow.get_result(task_id)
     assert result.status == TaskResultStatus.SUCCESSFUL
     assert result.attempts == 1
@@ -161,10 +161,8 @@ def test_the_outcome_of_an_attempt_claimed_over_is_not_stored(stored: CloudTasks
     deadline = timedelta(minutes=10)
     overran = store.claim(payload, Attempt(1), deadline)
     assert isinstance(overran, execution.Claim)
-    # The first attempt outlives its dispatch deadline; Cloud Tasks' retry claims the task over.
-    TaskRecord.objects.filter(pk=payload.task_id).update(
-        last_attempted_at=overran.attempted_at - deadline
-    )
+    # The first attempt's lease lapses (its renewals failed); Cloud Tasks' retry claims it over.
+    TaskRecord.objects.filter(pk=payload.task_id).update(lease_expires_at=timezone.now())
     retry = store.claim(payload, Attempt(2), deadline)
     assert isinstance(retry, execution.Claim)
 

@@ -48,6 +48,13 @@ DEFAULT_DISPATCH_DEADLINE = timedelta(minutes=10)
 DEFAULT_ENQUEUE_DEADLINE = 10.0
 MIN_ENQUEUE_DEADLINE = 0.5
 MAX_ENQUEUE_DEADLINE = 600.0
+# A running attempt's claim on its result row (STORE_RESULTS) lasts LEASE and is renewed every
+# LEASE_RENEWAL_INTERVAL while the task runs: a delivery that finds the lease lapsed takes the task
+# over, so a killed instance's tasks run again within about LEASE. Three renewals per lease: two
+# may fail (a database restart, a stalled process) before another attempt may take over.
+DEFAULT_LEASE = timedelta(seconds=15)
+DEFAULT_LEASE_RENEWAL_INTERVAL = timedelta(seconds=5)
+MIN_LEASE_RENEWAL_INTERVAL = timedelta(seconds=0.1)
 _APP = "django_tasks_cloud_tasks"
 # On the emulator: a project and location that need no Google Cloud account, and where
 # ``manage.py runserver`` listens by default.
@@ -86,6 +93,8 @@ OPTION_NAMES = frozenset(
         "ENQUEUE_DEADLINE",
         "NAMED_TASKS",
         "ENQUEUE_ON_COMMIT",
+        "LEASE",
+        "LEASE_RENEWAL_INTERVAL",
     }
 )
 _PROJECT_ID = re.compile(r"[A-Za-z0-9:.-]+")
@@ -124,6 +133,9 @@ class CloudTasksConfig:
     schedules: tuple[ScheduleDeclaration, ...] = ()
     schedule_handler_path: str = DEFAULT_SCHEDULE_PATH
     scheduler_location: str = ""
+    # How long a running attempt's claim lasts unless renewed, and how often it is renewed.
+    lease: timedelta = DEFAULT_LEASE
+    lease_renewal_interval: timedelta = DEFAULT_LEASE_RENEWAL_INTERVAL
 
     @property
     def attempt_deadline(self) -> timedelta:
@@ -215,6 +227,7 @@ class _Resolver:
             raise self.missing(project=project, location=location, handler_host=handler_host)
         email = self.service_account_email(on_emulator=self.on_emulator)
         on_commit, on_commit_database = self.enqueue_on_commit()
+        lease, lease_renewal_interval = self.lease()
         return CloudTasksConfig(
             alias=self.alias,
             project=project,
@@ -237,6 +250,8 @@ class _Resolver:
             named_tasks=self.boolean("NAMED_TASKS", default=True),
             enqueue_on_commit=on_commit,
             on_commit_database=on_commit_database,
+            lease=lease,
+            lease_renewal_interval=lease_renewal_interval,
         )
 
     def error(self, message: str) -> ImproperlyConfigured:
@@ -457,6 +472,25 @@ class _Resolver:
                 "between 15 and 1800."
             )
         return deadline
+
+    def lease(self) -> tuple[timedelta, timedelta]:
+        value = self.options.get("LEASE", DEFAULT_LEASE)
+        lease = _as_timedelta(value)
+        if lease is None or not timedelta(seconds=1) <= lease <= MAX_DISPATCH_DEADLINE:
+            raise self.error(
+                f"LEASE {value!r} must be a number of seconds (or a timedelta) between 1 and 1800."
+            )
+        value = self.options.get("LEASE_RENEWAL_INTERVAL")
+        if value is None:
+            return lease, min(DEFAULT_LEASE_RENEWAL_INTERVAL, lease / 3)
+        interval = _as_timedelta(value)
+        if interval is None or not MIN_LEASE_RENEWAL_INTERVAL <= interval <= lease / 2:
+            raise self.error(
+                f"LEASE_RENEWAL_INTERVAL {value!r} must be a number of seconds (or a timedelta) "
+                f"of at least 0.1 and at most half the LEASE ({lease.total_seconds():g} s), so "
+                "that one failed renewal does not let the lease lapse."
+            )
+        return lease, interval
 
     def enqueue_deadline(self) -> float:
         value = self.options.get("ENQUEUE_DEADLINE", DEFAULT_ENQUEUE_DEADLINE)

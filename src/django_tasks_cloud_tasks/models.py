@@ -38,6 +38,9 @@ class TaskRecord(models.Model):
     cloud_task_name = models.CharField(max_length=500, blank=True, default="")
     # The task's run_after, so that recovery can create a task the way it was enqueued.
     run_after = models.DateTimeField(null=True, blank=True)
+    # While RUNNING: until when the running attempt's claim holds. The attempt renews it while
+    # the task runs; a delivery that finds it past takes the task over (see leases.py).
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "task result"
@@ -48,6 +51,8 @@ class TaskRecord(models.Model):
             models.Index(fields=["task_path"], name="ctasks_task_path"),
             # The admin lists the newest first.
             models.Index(fields=["enqueued_at"], name="ctasks_enqueued"),
+            # Recovery and the admin's filter find RUNNING rows whose lease has lapsed.
+            models.Index(fields=["status", "lease_expires_at"], name="ctasks_status_lease"),
         ]
 
     def __str__(self) -> str:

@@ -4,7 +4,8 @@ Cloud Tasks keeps no results, so with the store on the backend writes a READY ro
 (one INSERT), and each delivery claims the row before it runs the task and records the outcome
 after (two conditional UPDATEs). Claiming is what makes at-least-once delivery safe: a delivery of
 a task that already succeeded is acknowledged without running it again, and one that arrives while
-another attempt is still running (within its dispatch deadline) is told to come back later.
+another attempt is still running (its lease renewed, see ``leases.py``) is told to come back later.
+A RUNNING row whose lease has lapsed belongs to a dead attempt: the delivery takes it over.
 
 The row can be missing when a delivery arrives: the enqueuing transaction has not committed yet,
 or the enqueue's write comes after the task ran. The delivery then inserts the row itself, and the
@@ -31,7 +32,9 @@ from django.tasks.base import TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.utils import timezone
 
+from .config import DEFAULT_LEASE, CloudTasksConfig
 from .execution import Attempt, Claim
+from .leases import Lease
 from .models import TaskRecord
 from .payload import Payload
 from .statements import Insert, Update
@@ -47,7 +50,7 @@ _CLAIM_ROUNDS = 3
 _INSERT = Insert(TaskRecord)
 _CLAIM_READY = Update(
     TaskRecord,
-    fields=["status", "started_at", "last_attempted_at", "worker_ids"],
+    fields=["status", "started_at", "last_attempted_at", "worker_ids", "lease_expires_at"],
     where=["id", "status"],
 )
 _RECORD_OUTCOME = Update(
@@ -66,10 +69,11 @@ class AlreadySucceeded:
 
 @dataclass(frozen=True, slots=True)
 class StillRunning:
-    """Another attempt runs the task and is within its dispatch deadline: retry later."""
+    """Another attempt runs the task (its lease is live, or it is within its dispatch deadline):
+    retry later."""
 
     task_id: str
-    retry_after: int  # Seconds until that attempt's deadline passes.
+    retry_after: int  # Seconds until that attempt's lease (or deadline) lapses.
 
 
 def record_enqueued(result: TaskResult[..., Any], cloud_task_name: str = "") -> None:
@@ -134,7 +138,7 @@ def _ready_record(result: TaskResult[..., Any], cloud_task_name: str) -> TaskRec
 
 
 def claim(
-    payload: Payload, attempt: Attempt, deadline: timedelta
+    payload: Payload, attempt: Attempt, deadline: timedelta, lease: timedelta = DEFAULT_LEASE
 ) -> Claim | AlreadySucceeded | StillRunning:
     """Mark the task RUNNING for this attempt, unless it succeeded or another attempt runs it.
 
@@ -145,11 +149,13 @@ def claim(
     missing row is inserted; if a concurrent delivery or the enqueue's write inserted it first,
     the IntegrityError sends this claim round again, to decide on the row that won.
 
-    ``deadline`` is the dispatch deadline: Cloud Tasks has given up on a RUNNING attempt older
-    than that (and is retrying it), so its task may be claimed again.
+    A claim holds for ``lease`` unless its attempt renews it (``held_lease``). A RUNNING row
+    whose lease has lapsed is claimed again at once: its attempt is dead. A RUNNING row without
+    a lease (claimed before leases existed) is claimed again once ``deadline``, the dispatch
+    deadline, has passed since its attempt started: Cloud Tasks has given up on it by then.
     """
     database = router.db_for_write(TaskRecord)
-    claimed = _claim_ready(database, payload, attempt)
+    claimed = _claim_ready(database, payload, attempt, lease)
     if claimed is not None:
         return claimed
     # Read where the claim writes: a replica's stale row would only lose every round.
@@ -157,30 +163,59 @@ def claim(
     for _ in range(_CLAIM_ROUNDS):
         record = (
             records.filter(pk=payload.task_id)
-            .only("status", "started_at", "last_attempted_at", "worker_ids", "errors")
+            .only(
+                "status",
+                "started_at",
+                "last_attempted_at",
+                "worker_ids",
+                "errors",
+                "lease_expires_at",
+            )
             .first()
         )
         now = timezone.now()
         if record is None:
-            claimed = _insert_running(payload, attempt, now)
+            claimed = _insert_running(payload, attempt, now, lease)
         else:
             verdict = _verdict(record, now, deadline)
             if verdict is not None:
                 return verdict
-            claimed = _update_running(records, record, attempt, now)
+            claimed = _update_running(records, record, attempt, now, lease)
+            if claimed is not None and _lapsed(record, now):
+                logger.warning(
+                    "Task %s: took over from attempt %d, whose lease lapsed at %s (its instance "
+                    "or process is gone); running it again.",
+                    payload.task_id,
+                    len(record.worker_ids),
+                    record.lease_expires_at.isoformat() if record.lease_expires_at else "-",
+                    extra={"task_id": payload.task_id, "attempt": attempt.number},
+                )
         if claimed is not None:
             return claimed
     return StillRunning(payload.task_id, retry_after=1)
 
 
 async def aclaim(
-    payload: Payload, attempt: Attempt, deadline: timedelta
+    payload: Payload, attempt: Attempt, deadline: timedelta, lease: timedelta = DEFAULT_LEASE
 ) -> Claim | AlreadySucceeded | StillRunning:
     # One thread hop for the whole exchange, rather than one per query with the async ORM.
-    return await sync_to_async(claim)(payload, attempt, deadline)
+    return await sync_to_async(claim)(payload, attempt, deadline, lease)
 
 
-def _claim_ready(database: str, payload: Payload, attempt: Attempt) -> Claim | None:
+def held_lease(payload: Payload, claimed: Claim, config: CloudTasksConfig) -> Lease:
+    """The lease of the attempt that ``claimed`` the task, to keep renewed while it runs."""
+    return Lease(
+        task_id=payload.task_id,
+        attempted_at=claimed.attempted_at,
+        database=router.db_for_write(TaskRecord),
+        length=config.lease,
+        interval=config.lease_renewal_interval.total_seconds(),
+    )
+
+
+def _claim_ready(
+    database: str, payload: Payload, attempt: Attempt, lease: timedelta
+) -> Claim | None:
     """Claim the row if it is still READY, as enqueued: one statement, and no history to read.
 
     A READY row has never been claimed, so no attempt of its task ran. This is the path of
@@ -194,6 +229,7 @@ def _claim_ready(database: str, payload: Payload, attempt: Attempt) -> Claim | N
             claimed.started_at,
             claimed.attempted_at,
             list(claimed.worker_ids),
+            claimed.attempted_at + lease,
         ],
         where=[payload.task_id, TaskResultStatus.READY],
     )
@@ -205,15 +241,35 @@ def _verdict(
 ) -> AlreadySucceeded | StillRunning | None:
     if record.status == TaskResultStatus.SUCCESSFUL:
         return AlreadySucceeded(record.id)
-    if record.status == TaskResultStatus.RUNNING and record.last_attempted_at is not None:
-        remaining = (record.last_attempted_at + deadline - now).total_seconds()
-        if remaining > 0:
-            return StillRunning(record.id, retry_after=math.ceil(remaining))
+    if record.status != TaskResultStatus.RUNNING:
+        return None
+    if record.lease_expires_at is not None:
+        held_until = record.lease_expires_at
+    elif record.last_attempted_at is not None:
+        held_until = record.last_attempted_at + deadline
+    else:
+        return None
+    remaining = (held_until - now).total_seconds()
+    if remaining > 0:
+        return StillRunning(record.id, retry_after=math.ceil(remaining))
     return None
 
 
+def _lapsed(record: TaskRecord, now: datetime) -> bool:
+    """Whether ``record`` was RUNNING under a lease that lapsed: its attempt died."""
+    return (
+        record.status == TaskResultStatus.RUNNING
+        and record.lease_expires_at is not None
+        and record.lease_expires_at <= now
+    )
+
+
 def _update_running(
-    records: QuerySet[TaskRecord], record: TaskRecord, attempt: Attempt, now: datetime
+    records: QuerySet[TaskRecord],
+    record: TaskRecord,
+    attempt: Attempt,
+    now: datetime,
+    lease: timedelta,
 ) -> Claim | None:
     claimed = Claim(
         started_at=record.started_at or now,
@@ -230,11 +286,14 @@ def _update_running(
         finished_at=None,
         return_value=None,
         worker_ids=list(claimed.worker_ids),
+        lease_expires_at=now + lease,
     )
     return claimed if updated else None
 
 
-def _insert_running(payload: Payload, attempt: Attempt, now: datetime) -> Claim | None:
+def _insert_running(
+    payload: Payload, attempt: Attempt, now: datetime, lease: timedelta
+) -> Claim | None:
     claimed = Claim.first(attempt, now)
     record = TaskRecord(
         id=payload.task_id,
@@ -249,6 +308,7 @@ def _insert_running(payload: Payload, attempt: Attempt, now: datetime) -> Claim 
         enqueued_at=payload.enqueued_at,
         started_at=now,
         last_attempted_at=now,
+        lease_expires_at=now + lease,
     )
     return claimed if _insert(router.db_for_write(TaskRecord), record) else None
 
@@ -270,13 +330,13 @@ def _insert(database: str, record: TaskRecord) -> bool:
 def record_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
     """Write the outcome of the attempt that ``claimed`` the task: one statement.
 
-    An attempt that overran its dispatch deadline may have been claimed over by a retry; the
-    row is the retry's then, and this late outcome is only logged. If the database refuses the
-    outcome (a value it cannot store), the task is recorded FAILED with the reason instead. If
-    even that fails (the database is down), the row keeps this attempt's claim, which expires at
-    its dispatch deadline: a later delivery may claim it again, and ``prune_task_results`` counts
-    it as abandoned after that. The task has run either way, and answering Cloud Tasks with an
-    error would only make it run again.
+    An attempt whose lease lapsed may have been claimed over by a retry; the row is the retry's
+    then, and this late outcome is only logged. If the database refuses the outcome (a value it
+    cannot store), the task is recorded FAILED with the reason instead. If even that fails (the
+    database is down), the row keeps this attempt's claim, whose lease lapses once the attempt
+    stops renewing it: a later delivery may claim it again, and ``prune_task_results`` counts it
+    as abandoned after the dispatch deadline. The task has run either way, and answering Cloud
+    Tasks with an error would only make it run again.
     """
     database = router.db_for_write(TaskRecord)
     succeeded = result.status == TaskResultStatus.SUCCESSFUL
@@ -303,7 +363,7 @@ def record_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
         except DatabaseError:
             logger.exception(
                 "Task %s finished (%s) but no outcome could be stored; its row stays RUNNING "
-                "until its dispatch deadline passes.",
+                "until its lease lapses and a retry or cloudtasks_recover takes it over.",
                 result.id,
                 result.status,
             )

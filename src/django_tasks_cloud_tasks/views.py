@@ -30,7 +30,7 @@ from django.tasks import Task, TaskResultStatus
 from django.utils.log import log_message, request_logger
 from django.views.decorators.csrf import csrf_exempt
 
-from . import execution
+from . import execution, leases
 from .auth import authenticate, cloud_tasks_backends
 from .backend import CloudTasksBackend
 from .exceptions import Refused
@@ -175,13 +175,15 @@ def _server_fault(request: HttpRequest, exc: Exception, payload: Payload | None)
 
 
 # With STORE_RESULTS, an attempt first claims the task in the store (which imports the models, so
-# only then), and records the outcome after running it. See store.claim for the rules.
+# only then), keeps the claim's lease renewed while it runs (leases.py), and records the outcome
+# after running it. See store.claim for the rules.
 
 
 def _execute_stored(delivery: _Delivery) -> JsonResponse:
     from . import store
 
-    claim = store.claim(delivery.payload, delivery.attempt, delivery.config.attempt_deadline)
+    config = delivery.config
+    claim = store.claim(delivery.payload, delivery.attempt, config.attempt_deadline, config.lease)
     if not isinstance(claim, execution.Claim):
         return _not_run(claim)
     return _answer(_run_claimed(delivery, claim), delivery.config)
@@ -190,18 +192,22 @@ def _execute_stored(delivery: _Delivery) -> JsonResponse:
 def _run_claimed(delivery: _Delivery, claim: execution.Claim) -> execution.Outcome:
     from . import store
 
-    result = execution.start(
-        delivery.backend_class, delivery.task, delivery.payload, delivery.attempt, claim
-    )
-    outcome = execution.run(delivery.backend_class, result)
-    store.record_finished(outcome.result, claim)
+    with leases.held(store.held_lease(delivery.payload, claim, delivery.config)):
+        result = execution.start(
+            delivery.backend_class, delivery.task, delivery.payload, delivery.attempt, claim
+        )
+        outcome = execution.run(delivery.backend_class, result)
+        store.record_finished(outcome.result, claim)
     return outcome
 
 
 async def _aexecute_stored(delivery: _Delivery) -> JsonResponse:
     from . import store
 
-    claim = await store.aclaim(delivery.payload, delivery.attempt, delivery.config.attempt_deadline)
+    config = delivery.config
+    claim = await store.aclaim(
+        delivery.payload, delivery.attempt, config.attempt_deadline, config.lease
+    )
     if not isinstance(claim, execution.Claim):
         return _not_run(claim)
     if not iscoroutinefunction(delivery.task.func):
@@ -211,16 +217,17 @@ async def _aexecute_stored(delivery: _Delivery) -> JsonResponse:
         run_claimed = sync_to_async(_run_claimed)
         outcome = await asyncio.shield(run_claimed(delivery, claim))
         return _answer(outcome, delivery.config)
-    result = execution.start(
-        delivery.backend_class, delivery.task, delivery.payload, delivery.attempt, claim
-    )
-    try:
-        outcome = await execution.arun(delivery.backend_class, result)
-    except asyncio.CancelledError:
-        # Recorded as an interrupted attempt (see execution.arun); the cancellation goes on.
-        await asyncio.shield(store.arecord_finished(result, claim))
-        raise
-    await store.arecord_finished(outcome.result, claim)
+    with leases.held(store.held_lease(delivery.payload, claim, config)):
+        result = execution.start(
+            delivery.backend_class, delivery.task, delivery.payload, delivery.attempt, claim
+        )
+        try:
+            outcome = await execution.arun(delivery.backend_class, result)
+        except asyncio.CancelledError:
+            # Recorded as an interrupted attempt (see execution.arun); the cancellation goes on.
+            await asyncio.shield(store.arecord_finished(result, claim))
+            raise
+        await store.arecord_finished(outcome.result, claim)
     return _answer(outcome, delivery.config)
 
 
@@ -230,7 +237,11 @@ def _not_run(verdict: AlreadySucceeded | StillRunning) -> JsonResponse:
     if isinstance(verdict, AlreadySucceeded):
         # Cloud Tasks delivers at least once: acknowledge the copy, or it would retry it.
         return JsonResponse({"status": "success", "task_id": verdict.task_id, "duplicate": True})
-    reason = "another attempt of this task is running; retry after its dispatch deadline"
+    # 409, an ordinary failure: Cloud Tasks retries it with the queue's backoff, so a dead
+    # attempt's task is taken over soon after its lease lapses. Not 429 or 503, the codes whose
+    # Retry-After Cloud Tasks considers: they slow dispatch down for the whole queue
+    # (docs/results.md, "Why 409"). Retry-After is for people and other callers.
+    reason = "another attempt of this task is running; retry after its lease lapses"
     logger.info("Task %s not run: %s", verdict.task_id, reason)
     response = JsonResponse(
         {"status": "running", "task_id": verdict.task_id, "reason": reason}, status=409
