@@ -382,9 +382,11 @@ class CloudTasksBackend(BaseTaskBackend):
         *,
         result_id: str | None = None,
         enqueued_at: datetime | None = None,
+        cloud_task_id: str | None = None,
     ) -> Prepared:
         """The result and the CreateTask request of one call; recovery passes the ``result_id``
-        and ``enqueued_at`` of the row it creates a task for."""
+        and ``enqueued_at`` of the row it creates a task for, and a ``cloud_task_id`` when the
+        task's first name may still be taken (Cloud Tasks keeps a name for up to a day)."""
         payload = Payload(
             task_id=result_id or str(uuid.uuid4()),
             task_path=task.module_path,
@@ -407,7 +409,7 @@ class CloudTasksBackend(BaseTaskBackend):
         queue_path = self.config.queue_path(queue_id)
         cloud_task = self._cloud_task(body, task.run_after)
         if self.config.named_tasks or result_id is not None:
-            cloud_task["name"] = f"{queue_path}/tasks/{payload.task_id}"
+            cloud_task["name"] = f"{queue_path}/tasks/{cloud_task_id or payload.task_id}"
         result: TaskResult[Any, Any] = TaskResult(
             task=task,
             id=payload.task_id,

@@ -389,6 +389,24 @@ def _grpc_code(code: int) -> Any:
     return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
 
 
+# --- looking a task up --------------------------------------------------------------------------
+
+
+def task_exists(config: CloudTasksConfig, name: str) -> bool:
+    """Whether Cloud Tasks still has the task ``name`` (GetTask; NOT_FOUND means it has not).
+
+    Cloud Tasks deletes a task once it succeeded, failed for good or was deleted (a queue purged
+    or deleted, an emulator restarted without its state). Other errors are raised.
+    """
+    from google.api_core import exceptions as api
+
+    try:
+        sync_client(config.emulator_host).get_task(name=name, timeout=config.enqueue_deadline)
+    except api.NotFound:
+        return False
+    return True
+
+
 # --- the clients -------------------------------------------------------------------------------
 
 

@@ -13,10 +13,12 @@ from django_tasks_cloud_tasks import recovery
 
 class Command(BaseCommand):
     help = (
-        "Create the Cloud Tasks tasks of committed enqueues that never reached Cloud Tasks (READY "
-        "rows without a task name, older than --older-than). Safe to run on a schedule and "
-        "concurrently: tasks are named after their result id, so none is created twice. Exits "
-        "with status 1 if a row could not be repaired."
+        "Create the Cloud Tasks tasks of rows that can no longer finish, older than --older-than: "
+        "committed enqueues that never reached Cloud Tasks (READY rows without a task name), "
+        "READY rows whose task Cloud Tasks no longer has, and RUNNING rows whose attempt died "
+        "(lease lapsed) and whose task Cloud Tasks no longer has. Safe to run on a schedule and "
+        "concurrently: the tasks' names are derived from their rows, so none is created twice. "
+        "Exits with status 1 if a row could not be repaired."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
