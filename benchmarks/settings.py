@@ -45,6 +45,10 @@ if os.environ.get("BENCHMARK_OIDC_EMAIL"):
     )
 if os.environ.get("BENCHMARK_STORE_RESULTS"):
     _OPTIONS["STORE_RESULTS"] = True
+if os.environ.get("BENCHMARK_LEASE_RENEWAL_INTERVAL"):
+    _OPTIONS.update(
+        LEASE=1, LEASE_RENEWAL_INTERVAL=float(os.environ["BENCHMARK_LEASE_RENEWAL_INTERVAL"])
+    )
 TASKS = {
     "default": {
         "BACKEND": "django_tasks_cloud_tasks.CloudTasksBackend",

@@ -7,6 +7,7 @@ the real path: the emulator over gRPC, deliveries over HTTP to a live server (WS
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,12 +17,14 @@ from typing import Any
 
 import pytest
 import requests
+from django.db import OperationalError, connection
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 
-from django_tasks_cloud_tasks import CloudTasksBackend, client, leases
-from django_tasks_cloud_tasks.execution import worker_id
+from django_tasks_cloud_tasks import CloudTasksBackend, client, execution, leases, store
+from django_tasks_cloud_tasks.execution import Attempt, worker_id
 from django_tasks_cloud_tasks.models import TaskRecord
+from django_tasks_cloud_tasks.payload import decode
 from tests import tasks
 from tests.conftest import CloudTasks
 from tests.tasks import recorder
@@ -173,3 +176,28 @@ def test_a_renewal_that_finds_its_row_taken_over_logs_an_error_and_stops(
     (line,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "another delivery took over" in line.getMessage()
     assert "both may be running" in line.getMessage()
+
+
+def test_an_outcome_whose_write_loses_its_connection_is_written_on_a_new_one(
+    stored: CloudTasks,
+) -> None:
+    failures = []
+
+    def drop_first_outcome(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        # The database restarting as the task finishes: the outcome's UPDATE meets a dead
+        # connection once.
+        if sql.startswith("UPDATE") and '"finished_at"' in sql and not failures:
+            failures.append(sql)
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, params, many, context)
+
+    payload = decode(json.dumps(body("restarted")).encode())
+    claimed = store.claim(payload, Attempt(1), timedelta(minutes=10))
+    assert isinstance(claimed, execution.Claim)
+    result = execution.start(CloudTasksBackend, tasks.add, payload, Attempt(1), claimed)
+    outcome = execution.run(CloudTasksBackend, result)
+    with connection.execute_wrapper(drop_first_outcome):
+        store.record_finished(outcome.result, claimed)
+
+    assert failures
+    assert TaskRecord.objects.get(pk="restarted").status == TaskResultStatus.SUCCESSFUL

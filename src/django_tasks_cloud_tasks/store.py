@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, IntegrityError, router, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
 from django.db.models import QuerySet
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.base import TaskError
@@ -44,6 +53,11 @@ logger = logging.getLogger(__name__)
 # A claim that keeps losing races (each loss means another delivery changed the row) gives up
 # after this many rounds and answers as if the task were running; Cloud Tasks retries it.
 _CLAIM_ROUNDS = 3
+
+# An outcome whose write fails for want of a connection (the database restarting) is tried again
+# for this long: lost, it would leave the row RUNNING, and the task to run again once its lease
+# lapses. A restart takes a second or two.
+_OUTCOME_RETRY_SECONDS = 10.0
 
 # The writes of a usual task, prebuilt (see statements.py): the row written at enqueue, the claim
 # of a row that is still READY, and the outcome of the attempt that claimed it.
@@ -347,7 +361,7 @@ def record_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
     values = [result.status, result.finished_at, result.return_value if succeeded else None, errors]
     where = [result.id, claimed.attempted_at]
     try:
-        updated = _RECORD_OUTCOME.execute(database, values, where=where)
+        updated = _write_outcome(database, values, where)
     except DatabaseError as exc:
         logger.warning(
             "Task %s finished (%s) but the database refused its outcome; recording it FAILED.",
@@ -359,7 +373,7 @@ def record_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
         errors = [*errors[: len(claimed.errors)], _unstorable(result.status, exc)]
         values = [TaskResultStatus.FAILED, result.finished_at or timezone.now(), None, errors]
         try:
-            updated = _RECORD_OUTCOME.execute(database, values, where=where)
+            updated = _write_outcome(database, values, where)
         except DatabaseError:
             logger.exception(
                 "Task %s finished (%s) but no outcome could be stored; its row stays RUNNING "
@@ -374,6 +388,23 @@ def record_finished(result: TaskResult[..., Any], claimed: Claim) -> None:
             result.id,
             result.status,
         )
+
+
+def _write_outcome(database: str, values: list[Any], where: list[Any]) -> int:
+    """The outcome's UPDATE, tried again on a new connection while the database is unreachable."""
+    give_up_at = time.monotonic() + _OUTCOME_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return _RECORD_OUTCOME.execute(database, values, where=where)
+        except (OperationalError, InterfaceError):
+            connection = connections[database]
+            if connection.in_atomic_block or time.monotonic() + delay > give_up_at:
+                raise
+            logger.warning("Could not write an outcome; trying again.", exc_info=True)
+            connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _unstorable(status: str, exc: DatabaseError) -> dict[str, str]:
