@@ -508,6 +508,13 @@ class Soak:
             before = [t for t in enqueued if t.enqueued_at <= window["end"]]
             done = [min(e[0] for e in t.ends) for t in before if t.ends]
             figures["fault_seconds"] = rounded(window["end"] - window["start"])
+            # The tasks a killed worker ran: when they started again, and on which attempt (the
+            # deliveries in between were refused: the server down, then the lease still live).
+            again = [sorted(t.starts)[1] for t in at_kill]
+            figures["rerun_after_restart_s"] = rounded(
+                max((start[0] - window["end"] for start in again), default=None)
+            )
+            figures["rerun_attempt_max"] = max((start[2] for start in again), default=None)
             # 0: every task enqueued before the fault's end had finished by then.
             figures["drain_after_fault_s"] = (
                 rounded(max(0.0, max(done) - window["end"]))
@@ -607,6 +614,7 @@ def main() -> None:
         ],
     }  # fmt: skip
     path = options.json or directory / "soak.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     print_report(report, path)
     if not options.keep and options.json:
