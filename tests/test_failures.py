@@ -25,6 +25,7 @@ from django.tasks import Task, TaskResult, TaskResultStatus, default_task_backen
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 
 from django_tasks_cloud_tasks import CloudTask
+from django_tasks_cloud_tasks import task as cloud_task
 from django_tasks_cloud_tasks.models import TaskRecord
 from tests import tasks
 from tests.conftest import CloudTasks
@@ -188,7 +189,7 @@ def test_djangos_task_decorator_passes_max_attempts_to_the_backends_task_class()
 @pytest.mark.parametrize("max_attempts", [0, -1, 1.5, True, "3"], ids=repr)
 def test_max_attempts_must_be_a_whole_number_of_at_least_one(max_attempts: object) -> None:
     with pytest.raises(InvalidTask, match="max_attempts"):
-        CloudTask(func=tasks.add.func, max_attempts=max_attempts)
+        cloud_task(max_attempts=max_attempts)(tasks.add.func)  # type: ignore[arg-type]
 
 
 # --- The task ran, but its outcome cannot be stored -------------------------------------------
