@@ -30,7 +30,7 @@ from django.tasks import Task, TaskResultStatus
 from django.utils.log import log_message, request_logger
 from django.views.decorators.csrf import csrf_exempt
 
-from . import execution
+from . import execution, tracing
 from .auth import authenticate, cloud_tasks_backends
 from .backend import CloudTasksBackend
 from .exceptions import Refused
@@ -65,6 +65,7 @@ class _Delivery:
 # result store's RUNNING claim from concurrent deliveries until the task finished.
 @csrf_exempt
 @transaction.non_atomic_requests
+@tracing.traced_request  # The task's trace: its own log lines and the tasks it enqueues carry it.
 def execute(request: HttpRequest) -> JsonResponse:
     """Runs a task in the request's thread; what WSGI servers (gunicorn) call."""
     payload = None
@@ -84,6 +85,7 @@ def execute(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @transaction.non_atomic_requests
+@tracing.traced_request
 async def aexecute(request: HttpRequest) -> JsonResponse:
     """Awaits async task functions on the server's event loop; what ASGI servers call."""
     payload = None
