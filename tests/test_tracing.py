@@ -529,3 +529,64 @@ def test_without_opentelemetry_the_header_travels_and_logs_connect() -> None:
         },
         "attempt": 1,
     }
+
+
+DOCUMENTED_LOGGING = """
+import json, logging, re, sys
+from pathlib import Path
+
+import django
+from django.conf import settings
+from django.test import RequestFactory
+
+page = Path("docs/observability.md").read_text()
+(snippet,) = [b for b in re.findall(r"```python\\n(.*?)```", page, re.S) if "LOGGING = {" in b]
+namespace = {}
+exec(snippet, namespace)
+settings.configure(
+    LOGGING=namespace["LOGGING"],
+    TASKS={"default": {
+        "BACKEND": "django_tasks_cloud_tasks.CloudTasksBackend",
+        "QUEUES": [],
+        "OPTIONS": {
+            "CLOUD_TASKS_PROJECT": "documented-project",
+            "CLOUD_TASKS_LOCATION": "l",
+            "TASK_HANDLER_HOST": "http://127.0.0.1:9",
+        },
+    }},
+)
+django.setup()  # Configures logging from LOGGING, as Django does.
+from django_tasks_cloud_tasks.tracing import TraceContextMiddleware
+
+def view(request):
+    logging.getLogger("myapp").warning("inside a request", extra={"order": 42})
+
+TraceContextMiddleware(view)(RequestFactory().get("/", HTTP_TRACEPARENT=sys.argv[1]))
+"""
+
+
+def test_documented_logging_setup_writes_cloud_logging_json() -> None:
+    output = subprocess.run(
+        [sys.executable, "-c", DOCUMENTED_LOGGING, TRACEPARENT],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert output.returncode == 0, output.stderr
+    entry = json.loads(output.stdout.strip().splitlines()[-1])
+    assert (
+        entry.items()
+        >= {
+            "severity": "WARNING",
+            "message": "inside a request",
+            "logger": "myapp",
+            "order": 42,
+            TRACE: f"projects/documented-project/traces/{TRACE_ID}",
+            SPAN_ID: "00f067aa0ba902b7",
+            TRACE_SAMPLED: True,
+        }.items()
+    )
