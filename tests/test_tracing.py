@@ -590,3 +590,63 @@ def test_documented_logging_setup_writes_cloud_logging_json() -> None:
             TRACE_SAMPLED: True,
         }.items()
     )
+
+
+def test_a_refusal_line_carries_the_task_and_trace_fields(
+    cloud_tasks: CloudTasks, logs: Logs
+) -> None:
+    body = {
+        "task_id": "refused-task",
+        "task_path": "tests.tasks.not_a_task",
+        "args": [],
+        "kwargs": {},
+        "queue_name": "default",
+        "backend": "default",
+        "priority": 0,
+        "takes_context": False,
+        "enqueued_at": "2026-01-01T00:00:00+00:00",
+    }
+
+    response = requests.post(
+        f"{cloud_tasks.handler_host}/cloudtasks/execute/",
+        json=body,
+        headers={"traceparent": TRACEPARENT},
+        timeout=30,
+    )
+
+    assert response.status_code == 404
+    (line,) = logs.about("refused-task")
+    assert line.getMessage().startswith("Refused a task request (404)")
+    assert (line.task_path, getattr(line, TRACE)) == (  # type: ignore[attr-defined]
+        "tests.tasks.not_a_task",
+        f"projects/{PROJECT}/traces/{TRACE_ID}",
+    )
+
+
+async def test_async_enqueue_and_async_task_make_one_trace_under_asgi(
+    cloud_tasks: CloudTasks, asgi_server: tuple[str, str], spans: InMemorySpanExporter
+) -> None:
+    from asgiref.sync import sync_to_async
+
+    from tests import tasks
+
+    cloud_tasks.settings.TRACE_SERVER_SPANS = True
+    cloud_tasks.handler_host = asgi_server[0]
+    cloud_tasks.configure()
+    with trace.get_tracer("tests").start_as_current_span("enqueuing") as enqueuing:
+        result = await tasks.async_logs.aenqueue("traced")
+
+    await sync_to_async(recorder.wait_for)(1)
+    assert await sync_to_async(cloud_tasks.emulator.wait_until_idle)()
+    finished = spans.get_finished_spans()
+    (producer,) = of_kind(finished, SpanKind.PRODUCER)
+    (server,) = of_kind(finished, SpanKind.SERVER)
+    (consumer,) = of_kind(finished, SpanKind.CONSUMER)
+    assert {s.context.trace_id for s in finished} == {enqueuing.get_span_context().trace_id}
+    assert producer.parent is not None
+    assert producer.parent.span_id == enqueuing.get_span_context().span_id
+    assert server.parent is not None
+    assert server.parent.span_id == producer.context.span_id
+    assert consumer.parent is not None
+    assert consumer.parent.span_id == server.context.span_id
+    assert (consumer.attributes or {})["messaging.message.id"] == result.id
