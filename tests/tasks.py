@@ -12,6 +12,7 @@ from typing import Any
 from django.tasks import TaskContext, task
 
 from django_tasks_cloud_tasks import PermanentFailure
+from django_tasks_cloud_tasks import task as cloud_task
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ def declines_the_card() -> None:
     raise CardDeclined("card 4242 declined")
 
 
-@task(max_attempts=2, takes_context=True)
+# The package's decorator, which takes max_attempts on Django 6.0 too (6.1's @task passes it on).
+@cloud_task(max_attempts=2, takes_context=True)
 def fails_twice_at_most(context: TaskContext) -> None:
     _record_context("fails_twice_at_most", context)
     raise RuntimeError("secret=hunter2")

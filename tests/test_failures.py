@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import django
 import pytest
 import requests
 from django.conf import settings
@@ -172,6 +173,16 @@ def test_max_attempts_caps_the_attempts_below_the_queues_limit(stored: CloudTask
     assert statuses(stored) == [500, 200]
     assert result.status == TaskResultStatus.FAILED
     assert result.attempts == 2
+
+
+@pytest.mark.skipif(django.VERSION < (6, 1), reason="Django 6.0's @task takes no extra arguments")
+def test_djangos_task_decorator_passes_max_attempts_to_the_backends_task_class() -> None:
+    from django.tasks import task
+
+    capped = task(max_attempts=3)(tasks.add.func)
+
+    assert isinstance(capped, CloudTask)
+    assert capped.max_attempts == 3
 
 
 @pytest.mark.parametrize("max_attempts", [0, -1, 1.5, True, "3"], ids=repr)
