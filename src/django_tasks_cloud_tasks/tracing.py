@@ -14,8 +14,9 @@ What goes in the headers, in this order:
    server instrumentation extracted the request's), and no span of ours.
 3. Otherwise the trace of the request (or task) this code runs for: ``traced_request`` reads the
    request's ``traceparent``, or Cloud Run's ``X-Cloud-Trace-Context``, into a context variable.
-   ``TraceContextMiddleware`` does it for every request, the execute view for its own; that is one
-   dictionary lookup per request, and no header at all is the cost of leaving it out.
+   ``TraceContextMiddleware`` does it for every request, the execute view and the schedule
+   endpoint for their own; that is one dictionary lookup per request, and no header at all is the
+   cost of leaving it out.
 
 On the execute side, ``consuming`` sets the task's log fields (``cloud_logging``) for the time it
 runs and, with an SDK, opens a CONSUMER span: a child of the server span a server instrumentation
@@ -23,7 +24,7 @@ opened for the dispatch request (itself a child of the creation context, through
 or of the creation context when there is none, and linked to the creation context either way.
 
 OpenTelemetry is imported once, here, and only if it is installed (the ``otel`` extra); without an
-SDK, ``_recording`` is one dictionary lookup and no span is made.
+SDK, ``_recording`` is a check of the global tracer provider and no span is made.
 """
 
 from __future__ import annotations
