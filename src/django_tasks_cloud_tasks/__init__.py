@@ -9,6 +9,9 @@ What users may import or name, and nothing else, is public:
   package;
 - ``django_tasks_cloud_tasks`` in ``INSTALLED_APPS`` (the result store, its admin and checks) and
   ``django_tasks_cloud_tasks.urls`` (the execute view, to ``include`` under ``cloudtasks/``);
+- ``django_tasks_cloud_tasks.tracing.TraceContextMiddleware`` (``MIDDLEWARE``) and
+  ``django_tasks_cloud_tasks.cloud_logging``'s ``CloudLoggingFormatter`` and ``CloudTraceFilter``
+  (``LOGGING``);
 - ``django_tasks_cloud_tasks.emulator.Emulator`` and the ``cloudtasks_emulator`` and
   ``prune_task_results`` management commands.
 
