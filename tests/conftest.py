@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from django.db import connections
 from hypothesis import settings as hypothesis_settings
 
 from django_tasks_cloud_tasks.emulator import Emulator
+from django_tasks_cloud_tasks.testing import TEST_QUEUE_RETRY, CloudTasksHarness
 from tests.tasks import recorder
 
 # Property-based tests generate a sample every day and their full count in CI (.ci/run sets
@@ -45,7 +45,7 @@ def emulator() -> Iterator[Emulator]:
     with Emulator(host="127.0.0.1", port=0, project=PROJECT, location=LOCATION, queues=()) as em:
         for queue in QUEUES:
             # Fast retries keep the retry tests short; the backoff maths has its own tests.
-            em.create_queue(queue, min_backoff=0.05, max_backoff=0.5, max_attempts=3)
+            em.create_queue(queue, **TEST_QUEUE_RETRY)
         yield em
 
 
@@ -69,13 +69,15 @@ def asgi_server() -> Iterator[tuple[str, str]]:
     thread.join(5)
 
 
-@dataclass
-class CloudTasks:
-    """A configured backend talking to the emulator, with a live server as its handler."""
+class CloudTasks(CloudTasksHarness):
+    """The package's harness (``testing.CloudTasksHarness``), with this suite's own configuration.
 
-    emulator: Emulator
-    handler_host: str
-    settings: Any
+    ``settings`` is pytest-django's, so what a test changes is undone with the rest.
+    """
+
+    def __init__(self, emulator: Emulator, handler_host: str, settings: Any) -> None:
+        super().__init__(emulator, handler_host)
+        self.settings = settings
 
     def configure(self, **options: Any) -> None:
         """Replace the default backend's OPTIONS (keeping project, location and host).
@@ -103,10 +105,13 @@ def backend_settings(handler_host: str, **options: Any) -> dict[str, Any]:
 @pytest.fixture
 def cloud_tasks(
     emulator: Emulator, live_server: Any, settings: Any, monkeypatch: Any
-) -> CloudTasks:
-    emulator.reset()
+) -> Iterator[CloudTasks]:
     recorder.clear()
-    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", emulator.address)
     harness = CloudTasks(emulator, live_server.url, settings)
+    # Set through pytest-django and monkeypatch before the harness sets them too: those fixtures
+    # are undone after the harness stops, and their first change is the one that restores.
     harness.configure()
-    return harness
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", emulator.address)
+    harness.start()
+    yield harness
+    harness.stop()
