@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc
@@ -20,45 +20,24 @@ from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpc
 
 from django_tasks_cloud_tasks.emulator import Emulator
 from django_tasks_cloud_tasks.emulator.sender import Sender
+from tests.servers import BackgroundServer
 from tests.test_emulator import LOCATION, PROJECT, Reply, Target, http_task
 
 LOCATION_NAME = f"projects/{PROJECT}/locations/{LOCATION}"
 
 
-class Gate:
+class Gate(BackgroundServer):
     """An HTTP target that holds every request until released, counting those it holds."""
+
+    request_queue_size = 1024
 
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.held = 0
         self.peak = 0
         self.released = threading.Event()
-        gate = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with gate.changed:
-                    gate.held += 1
-                    gate.peak = max(gate.peak, gate.held)
-                    gate.changed.notify_all()
-                gate.released.wait(60)
-                with gate.changed:
-                    gate.held -= 1
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 1024
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/held"
+        super().__init__(_GateHandler)
+        self.url = f"{self.base_url}/held"
 
     def wait_for_held(self, count: int, timeout: float = 60) -> bool:
         with self.changed:
@@ -66,8 +45,29 @@ class Gate:
 
     def close(self) -> None:
         self.released.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().close()
+
+
+class _GateHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Gate
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        gate = self.server
+        with gate.changed:
+            gate.held += 1
+            gate.peak = max(gate.peak, gate.held)
+            gate.changed.notify_all()
+        gate.released.wait(60)
+        with gate.changed:
+            gate.held -= 1
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture
