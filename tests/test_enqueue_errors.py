@@ -147,7 +147,7 @@ def test_an_aware_run_after_is_accepted_without_time_zone_support(
     cloud_tasks: CloudTasks,
 ) -> None:
     cloud_tasks.settings.USE_TZ = False
-    run_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
+    run_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.2)
 
     tasks.add.using(run_after=run_after).enqueue(1, 2)
 
