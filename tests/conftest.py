@@ -12,10 +12,13 @@ import pytest
 import uvicorn
 from asgiref.sync import sync_to_async
 from django.db import connections
+from google.cloud import tasks_v2
 from hypothesis import settings as hypothesis_settings
 
+from django_tasks_cloud_tasks.client import sync_client
 from django_tasks_cloud_tasks.emulator import Emulator
 from django_tasks_cloud_tasks.testing import TEST_QUEUE_RETRY, CloudTasksHarness
+from tests.servers import Target
 from tests.tasks import recorder
 
 # Property-based tests generate a sample every day and their full count in CI (.ci/run sets
@@ -47,6 +50,14 @@ def emulator() -> Iterator[Emulator]:
             # Fast retries keep the retry tests short; the backoff maths has its own tests.
             em.create_queue(queue, **TEST_QUEUE_RETRY)
         yield em
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    """The emulator tests' HTTP target, one per test module."""
+    server = Target()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +98,11 @@ class CloudTasks(CloudTasksHarness):
         """
         options.setdefault("ALLOW_UNAUTHENTICATED", True)
         self.settings.TASKS = {"default": backend_settings(self.handler_host, **options)}
+
+    @property
+    def client(self) -> tasks_v2.CloudTasksClient:
+        """A Cloud Tasks client of the emulator: the backend's own, kept per address."""
+        return sync_client(self.emulator.address)
 
 
 def backend_settings(handler_host: str, **options: Any) -> dict[str, Any]:
