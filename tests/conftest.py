@@ -19,7 +19,7 @@ from django_tasks_cloud_tasks.client import sync_client
 from django_tasks_cloud_tasks.emulator import Emulator
 from django_tasks_cloud_tasks.testing import TEST_QUEUE_RETRY, CloudTasksHarness
 from tests.servers import Target
-from tests.tasks import recorder
+from tests.tasks import recorder, release_slow
 
 # Property-based tests generate a sample every day and their full count in CI (.ci/run sets
 # HYPOTHESIS_PROFILE=ci); each test states its full count with ``tests.examples.full``.
@@ -131,3 +131,12 @@ def cloud_tasks(
     harness.start()
     yield harness
     harness.stop()
+
+
+@pytest.fixture
+def stored(cloud_tasks: CloudTasks) -> Iterator[CloudTasks]:
+    """The harness with the result store on; ``tasks.slow`` runs its full time unless released."""
+    cloud_tasks.configure(STORE_RESULTS=True)
+    release_slow.clear()
+    yield cloud_tasks
+    release_slow.set()
