@@ -11,7 +11,6 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,14 +35,6 @@ from tests.tokens import SigningKey, google_claims
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SERVERS = ["wsgi", "asgi"]
-
-
-@pytest.fixture
-def stored(cloud_tasks: CloudTasks) -> Iterator[CloudTasks]:
-    cloud_tasks.configure(STORE_RESULTS=True)
-    tasks.release_slow.clear()
-    yield cloud_tasks
-    tasks.release_slow.set()
 
 
 def on_server(cloud_tasks: CloudTasks, server: str, request: pytest.FixtureRequest) -> str:
