@@ -229,6 +229,47 @@ def enqueue_figures(repeat: int, count: int, emulator_host: str) -> list[Figure]
     return figures
 
 
+# --- tracing ---------------------------------------------------------------------------------
+
+
+def tracing_figures(repeat: int, count: int, emulator_host: str) -> list[Figure]:
+    """Enqueue and the execute view with ``opentelemetry-api`` but no SDK against the same without
+    the API; and with an SDK whose exporter drops the spans against no SDK: the difference is
+    the cost of tracing per task. Each mode runs in a process of its own (benchmarks/tracing.py),
+    the three in rotation."""
+    env = environment(CLOUD_TASKS_EMULATOR_HOST=emulator_host)
+
+    def measure(mode: str) -> dict[str, float]:
+        output = subprocess.run(
+            [sys.executable, "-m", "benchmarks.tracing", mode, str(count)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return dict(json.loads(output.stdout.strip().splitlines()[-1]))
+
+    absent, api, sdk = rotated(repeat, *(partial(measure, mode) for mode in TRACING_MODES))
+
+    def median(samples: list[dict[str, float]], key: str) -> float:
+        return statistics.median(sample[key] for sample in samples)
+
+    return [
+        Figure(
+            f"{what}, otel API without SDK", median(api, key), median(absent, key), "µs", "<= 1.02x"
+        )
+        for what, key in (("enqueue", "enqueue"), ("execute", "execute"))
+    ] + [
+        # No target: ours minus the floor is what making the spans costs per task.
+        Figure(f"{what}, otel SDK, spans dropped", median(sdk, key), median(api, key), "µs", "")
+        for what, key in (("enqueue", "enqueue"), ("execute", "execute"))
+    ]
+
+
+TRACING_MODES = ("absent", "api", "sdk")
+
+
 # --- execute view ----------------------------------------------------------------------------
 
 
@@ -553,6 +594,7 @@ def main() -> None:
         figures.append(store_enqueue_figure(repeat, count))
         figures += delivery_figures(repeat, emulator_host)
         figures += cold_start_figures(repeat, emulator_host)
+        figures += tracing_figures(repeat, count // 3, emulator_host)
     figures += dispatch_figures(repeat, options.quick)
     # The view benchmark needs only the emulator's keys (for OIDC tokens): run it in-process.
     with Emulator(project=PROJECT, location=LOCATION, queues=()) as emulator:

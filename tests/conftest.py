@@ -6,17 +6,20 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import uvicorn
 from asgiref.sync import sync_to_async
 from django.db import connections
+from google.cloud import tasks_v2
 from hypothesis import settings as hypothesis_settings
 
+from django_tasks_cloud_tasks.client import sync_client
 from django_tasks_cloud_tasks.emulator import Emulator
-from tests.tasks import recorder
+from django_tasks_cloud_tasks.testing import TEST_QUEUE_RETRY, CloudTasksHarness
+from tests.servers import Target
+from tests.tasks import recorder, release_slow
 
 # Property-based tests generate a sample every day and their full count in CI (.ci/run sets
 # HYPOTHESIS_PROFILE=ci); each test states its full count with ``tests.examples.full``.
@@ -45,8 +48,16 @@ def emulator() -> Iterator[Emulator]:
     with Emulator(host="127.0.0.1", port=0, project=PROJECT, location=LOCATION, queues=()) as em:
         for queue in QUEUES:
             # Fast retries keep the retry tests short; the backoff maths has its own tests.
-            em.create_queue(queue, min_backoff=0.05, max_backoff=0.5, max_attempts=3)
+            em.create_queue(queue, **TEST_QUEUE_RETRY)
         yield em
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[Target]:
+    """The emulator tests' HTTP target, one per test module."""
+    server = Target()
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")
@@ -69,13 +80,15 @@ def asgi_server() -> Iterator[tuple[str, str]]:
     thread.join(5)
 
 
-@dataclass
-class CloudTasks:
-    """A configured backend talking to the emulator, with a live server as its handler."""
+class CloudTasks(CloudTasksHarness):
+    """The package's harness (``testing.CloudTasksHarness``), with this suite's own configuration.
 
-    emulator: Emulator
-    handler_host: str
-    settings: Any
+    ``settings`` is pytest-django's, so what a test changes is undone with the rest.
+    """
+
+    def __init__(self, emulator: Emulator, handler_host: str, settings: Any) -> None:
+        super().__init__(emulator, handler_host)
+        self.settings = settings
 
     def configure(self, **options: Any) -> None:
         """Replace the default backend's OPTIONS (keeping project, location and host).
@@ -85,6 +98,11 @@ class CloudTasks:
         """
         options.setdefault("ALLOW_UNAUTHENTICATED", True)
         self.settings.TASKS = {"default": backend_settings(self.handler_host, **options)}
+
+    @property
+    def client(self) -> tasks_v2.CloudTasksClient:
+        """A Cloud Tasks client of the emulator: the backend's own, kept per address."""
+        return sync_client(self.emulator.address)
 
 
 def backend_settings(handler_host: str, **options: Any) -> dict[str, Any]:
@@ -103,10 +121,22 @@ def backend_settings(handler_host: str, **options: Any) -> dict[str, Any]:
 @pytest.fixture
 def cloud_tasks(
     emulator: Emulator, live_server: Any, settings: Any, monkeypatch: Any
-) -> CloudTasks:
-    emulator.reset()
+) -> Iterator[CloudTasks]:
     recorder.clear()
-    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", emulator.address)
     harness = CloudTasks(emulator, live_server.url, settings)
+    # Set through pytest-django and monkeypatch before the harness sets them too: those fixtures
+    # are undone after the harness stops, and their first change is the one that restores.
     harness.configure()
-    return harness
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_HOST", emulator.address)
+    harness.start()
+    yield harness
+    harness.stop()
+
+
+@pytest.fixture
+def stored(cloud_tasks: CloudTasks) -> Iterator[CloudTasks]:
+    """The harness with the result store on; ``tasks.slow`` runs its full time unless released."""
+    cloud_tasks.configure(STORE_RESULTS=True)
+    release_slow.clear()
+    yield cloud_tasks
+    release_slow.set()

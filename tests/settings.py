@@ -21,6 +21,10 @@ INSTALLED_APPS = [
     "tests",
 ]
 MIDDLEWARE = [
+    # What a server instrumentation does (tests/server_spans.py), when a test turns it on.
+    "tests.server_spans.ServerSpanMiddleware",
+    # Tasks enqueued while a request runs carry its trace context.
+    "django_tasks_cloud_tasks.tracing.TraceContextMiddleware",
     "django.middleware.common.CommonMiddleware",
     # For the admin of the result store.
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 from django.tasks import TaskContext, task
 
 from django_tasks_cloud_tasks import PermanentFailure
+from django_tasks_cloud_tasks import task as cloud_task
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,8 @@ def declines_the_card() -> None:
     raise CardDeclined("card 4242 declined")
 
 
-@task(max_attempts=2, takes_context=True)
+# The package's decorator, which takes max_attempts on Django 6.0 too (6.1's @task passes it on).
+@cloud_task(max_attempts=2, takes_context=True)
 def fails_twice_at_most(context: TaskContext) -> None:
     _record_context("fails_twice_at_most", context)
     raise RuntimeError("secret=hunter2")
@@ -208,3 +211,22 @@ async def async_slow_on_first_attempt(context: TaskContext, seconds: float) -> i
         await asyncio.sleep(seconds)
     recorder.record(Call("async_slow_finished", attempt=context.attempt))
     return context.attempt
+
+
+task_logger = logging.getLogger("tests.tasks")
+
+
+@task(takes_context=True)
+def logs_and_fails_first_attempt(context: TaskContext, message: str) -> int:
+    """Logs on every attempt and fails the first: its logs and spans, attempt by attempt."""
+    task_logger.info("%s (attempt %d)", message, context.attempt)
+    _record_context("logs_and_fails_first_attempt", context, message)
+    if context.attempt < 2:
+        raise RuntimeError("the first attempt always fails")
+    return context.attempt
+
+
+@task(takes_context=True)
+async def async_logs(context: TaskContext, message: str) -> None:
+    task_logger.info("%s (async)", message)
+    _record_context("async_logs", context, message)

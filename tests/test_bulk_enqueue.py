@@ -10,7 +10,6 @@ import pytest
 from django.tasks import TaskResultStatus
 from django.tasks.signals import task_enqueued
 from google.cloud import tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from django_tasks_cloud_tasks import BulkEnqueueError, Call, aenqueue_many, enqueue_many
 from django_tasks_cloud_tasks.models import TaskRecord
@@ -20,11 +19,6 @@ from tests.tasks import recorder
 from tests.test_enqueue_errors import queued_tasks
 
 PARENT = f"projects/{PROJECT}/locations/{LOCATION}/queues/default"
-
-
-def raw_client(cloud_tasks: CloudTasks) -> tasks_v2.CloudTasksClient:
-    channel = grpc.insecure_channel(cloud_tasks.emulator.address)
-    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
 
 def test_250_calls_run_once_each_and_come_back_in_order(cloud_tasks: CloudTasks) -> None:
@@ -104,7 +98,7 @@ def test_an_outcome_unknown_for_a_whole_batch_lists_every_call(cloud_tasks: Clou
 def test_the_emulator_reports_per_task_failures_in_the_operation_metadata(
     cloud_tasks: CloudTasks,
 ) -> None:
-    client = raw_client(cloud_tasks)
+    client = cloud_tasks.client
     good = {"parent": PARENT, "task": {"http_request": {"url": "http://127.0.0.1:9/"}}}
     bad = {"parent": PARENT, "task": {"http_request": {"url": "ftp://example.com/"}}}
     named = {
@@ -132,7 +126,7 @@ def test_the_emulator_reports_per_task_failures_in_the_operation_metadata(
 def test_the_emulator_answers_a_repeated_request_id_with_the_first_operation(
     cloud_tasks: CloudTasks,
 ) -> None:
-    client = raw_client(cloud_tasks)
+    client = cloud_tasks.client
     request = {
         "parent": PARENT,
         "requests": [{"parent": PARENT, "task": {"http_request": {"url": "http://127.0.0.1:9/"}}}],
@@ -166,7 +160,7 @@ def test_the_emulator_answers_a_repeated_request_id_with_the_first_operation(
 def test_the_emulator_refuses_a_malformed_batch(
     cloud_tasks: CloudTasks, requests: list[dict[str, Any]]
 ) -> None:
-    stub = raw_client(cloud_tasks)._transport.batch_create_tasks  # Past the client's checks.
+    stub = cloud_tasks.client._transport.batch_create_tasks  # Past the client's checks.
     with pytest.raises(grpc.RpcError) as excinfo:
         stub(tasks_v2.BatchCreateTasksRequest(parent=PARENT, requests=requests))
     assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -174,7 +168,7 @@ def test_the_emulator_refuses_a_malformed_batch(
 
 
 def test_batch_delete_deletes_and_reports_what_it_could_not(cloud_tasks: CloudTasks) -> None:
-    client = raw_client(cloud_tasks)
+    client = cloud_tasks.client
     client.pause_queue(name=PARENT)
     try:
         created = client.create_task(
@@ -207,7 +201,7 @@ def test_bulk_results_are_stored(cloud_tasks: CloudTasks) -> None:
 def test_a_batch_delete_in_which_every_delete_fails_is_aborted(cloud_tasks: CloudTasks) -> None:
     from google.api_core.exceptions import Aborted
 
-    operation = raw_client(cloud_tasks).batch_delete_tasks(
+    operation = cloud_tasks.client.batch_delete_tasks(
         parent=PARENT, names=[f"{PARENT}/tasks/missing", f"{PARENT}/tasks/gone"]
     )
 

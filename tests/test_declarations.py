@@ -109,6 +109,8 @@ def test_a_schedule_knows_its_next_runs_in_its_time_zone() -> None:
     assert [run.astimezone(UTC).hour for run in runs] == [8, 7]
 
 
+# The system checks below take ``db``: the model checks ask the database what it supports (JSON
+# fields on SQLite), which a test run alone, or first on its worker, has not asked yet.
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -118,7 +120,7 @@ def test_a_schedule_knows_its_next_runs_in_its_time_zone() -> None:
     ],
 )
 def test_the_system_check_refuses_schedules_whose_task_cannot_run(
-    settings: Any, fields: dict[str, Any], message: str
+    settings: Any, db: None, fields: dict[str, Any], message: str
 ) -> None:
     settings.TASKS = {
         "default": {
@@ -133,7 +135,7 @@ def test_the_system_check_refuses_schedules_whose_task_cannot_run(
     assert re.search(message, errors[0].msg)
 
 
-def test_a_valid_schedule_passes_the_system_check(settings: Any) -> None:
+def test_a_valid_schedule_passes_the_system_check(settings: Any, db: None) -> None:
     settings.TASKS = {
         "default": {
             "BACKEND": "django_tasks_cloud_tasks.CloudTasksBackend",
@@ -166,7 +168,9 @@ def test_the_schedule_path_must_end_with_a_slash() -> None:
         resolve(SCHEDULE_HANDLER_PATH="/hooks")
 
 
-def test_the_system_check_reports_a_schedule_path_that_does_not_route(settings: Any) -> None:
+def test_the_system_check_reports_a_schedule_path_that_does_not_route(
+    settings: Any, db: None
+) -> None:
     settings.TASKS = {
         "default": {
             "BACKEND": "django_tasks_cloud_tasks.CloudTasksBackend",

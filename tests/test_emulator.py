@@ -12,9 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import google.auth.transport.requests
@@ -27,14 +25,13 @@ from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import (
     CloudTasksGrpcAsyncIOTransport,
-    CloudTasksGrpcTransport,
 )
 from google.oauth2 import id_token
 from google.rpc import code_pb2
 
 from django_tasks_cloud_tasks import oidc
 from django_tasks_cloud_tasks.emulator import OIDC_CONFIG_METHOD, Emulator
-from tests.servers import BackgroundServer
+from tests.servers import Reply, Target, tasks_client
 
 PROJECT = "demo-project"
 LOCATION = "us-central1"
@@ -51,101 +48,7 @@ TASK_GONE = (
 SERVICE_ACCOUNT = "tasks@demo-project.iam.gserviceaccount.com"
 
 
-# A tiny HTTP target that records what it receives and answers as scripted.
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
-@dataclass(frozen=True)
-class Hit:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-class Target:
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._hits: list[Hit] = []
-        self._scripts: dict[str, list[Reply]] = {}
-        self._server = _TargetServer(self)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
-
-    def script(self, path: str, *replies: Reply | int) -> None:
-        """Answer the next requests to ``path`` with these replies, then with 200."""
-        self._scripts[path] = [r if isinstance(r, Reply) else Reply(r) for r in replies]
-
-    def hits(self, path: str | None = None) -> list[Hit]:
-        with self._changed:
-            return [h for h in self._hits if path is None or h.path == path]
-
-    def wait_for_hits(self, count: int, path: str | None = None, timeout: float = 5) -> list[Hit]:
-        with self._changed:
-            self._changed.wait_for(lambda: len(self.hits(path)) >= count, timeout)
-        return self.hits(path)
-
-    def reset(self) -> None:
-        with self._changed:
-            self._hits.clear()
-            self._scripts.clear()
-
-    def close(self) -> None:
-        self._server.close()
-
-    def record(self, hit: Hit) -> Reply:
-        with self._changed:
-            self._hits.append(hit)
-            self._changed.notify_all()
-            script = self._scripts.get(hit.path)
-            return script.pop(0) if script else Reply()
-
-
-class _TargetServer(BackgroundServer):
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        super().__init__(_TargetHandler)
-
-
-class _TargetHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _TargetServer
-
-    def handle_any(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
-        hit = Hit(self.command, self.path, dict(self.headers.items()), body, time.time())
-        reply = self.server.target.record(hit)
-        time.sleep(reply.delay)
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 # Fixtures
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    server = Target()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +66,9 @@ def em(shared_emulator: Emulator, target: Target) -> Emulator:
 
 @pytest.fixture(scope="module")
 def client(shared_emulator: Emulator) -> Iterator[tasks_v2.CloudTasksClient]:
-    channel = grpc.insecure_channel(shared_emulator.address)
-    yield tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
-    channel.close()
+    client = tasks_client(shared_emulator.address)
+    yield client
+    client.transport.close()
 
 
 _queue_ids = itertools.count()
@@ -353,8 +256,7 @@ def test_a_recently_completed_name_stays_reserved(
 
 def test_tombstones_expire_after_the_configured_window(target: Target) -> None:
     with Emulator(project=PROJECT, location=LOCATION, tombstone_seconds=0.3) as em:
-        channel = grpc.insecure_channel(em.address)
-        client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        client = tasks_client(em.address)
         task = http_task(
             target.url("/later"),
             name=f"{DEFAULT_QUEUE}/tasks/short-lived",
@@ -366,7 +268,7 @@ def test_tombstones_expire_after_the_configured_window(target: Target) -> None:
             client.create_task(parent=DEFAULT_QUEUE, task=task)
         time.sleep(0.35)
         assert client.create_task(parent=DEFAULT_QUEUE, task=task).name == task.name
-        channel.close()
+        client.transport.close()
 
 
 @pytest.mark.parametrize(
@@ -839,8 +741,7 @@ def test_an_issuer_that_is_not_an_http_url_is_refused() -> None:
 def test_logs_one_line_per_dispatch_and_stops_promptly(target: Target) -> None:
     lines: list[str] = []
     em = Emulator(project=PROJECT, location=LOCATION, log=lines.append).start()
-    channel = grpc.insecure_channel(em.address)
-    client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    client = tasks_client(em.address)
     try:
         client.create_task(parent=DEFAULT_QUEUE, task=http_task(target.url("/logged")))
         assert em.wait_until_idle()
@@ -862,4 +763,4 @@ def test_logs_one_line_per_dispatch_and_stops_promptly(target: Target) -> None:
             requests.get(em.certs_url, timeout=1)
     finally:
         em.stop()
-        channel.close()
+        client.transport.close()

@@ -1,8 +1,10 @@
-"""``manage.py cloudtasks_emulator`` as a separate process, the way developers run it."""
+"""``manage.py cloudtasks_emulator`` as a separate process, the way developers run it (and its
+refusals of bad faults, which come before anything starts, in this one)."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,18 +15,15 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import requests
+from django.core.management import CommandError, call_command
 from google.api_core.exceptions import ServiceUnavailable
-from google.cloud import scheduler_v1, tasks_v2
-from google.cloud.scheduler_v1.services.cloud_scheduler.transports import (
-    CloudSchedulerGrpcTransport,
-)
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+from google.cloud import tasks_v2
 
 from django_tasks_cloud_tasks.config import LOCAL_LOCATION, LOCAL_PROJECT
-from tests.servers import BackgroundServer
+from django_tasks_cloud_tasks.sync import scheduler_client
+from tests.servers import BackgroundServer, tasks_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,9 +85,7 @@ def test_the_command_serves_queues_of_the_backend_logs_dispatches_and_stops_on_c
         banner = read_line_containing(proc, "Cloud Tasks emulator on")
         assert f"127.0.0.1:{port}" in banner
         assert "project test-project, location us-central1" in banner
-        client = tasks_v2.CloudTasksClient(
-            transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel(f"127.0.0.1:{port}"))
-        )
+        client = tasks_client(f"127.0.0.1:{port}")
         parent = "projects/test-project/locations/us-central1"
         queues = {q.name.rsplit("/", 1)[1] for q in client.list_queues(parent=parent)}
         assert queues == {"default", "emails"}
@@ -181,16 +178,13 @@ def test_the_command_creates_the_declared_queues_and_schedules() -> None:
         assert "tests.tasks.add at '0 8 * * 1' (UTC), next at" in schedule
         banner = read_line_containing(proc, "Cloud Tasks emulator on")
         assert "queues: emails, urgent, default" in banner
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        tasks = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        tasks = tasks_client(f"127.0.0.1:{port}")
         parent = "projects/test-project/locations/us-central1"
         emails = tasks.get_queue(name=f"{parent}/queues/emails")
         assert emails.retry_config.max_attempts == 4
         assert emails.rate_limits.max_dispatches_per_second == 2
         assert tasks.get_queue(name=f"{parent}/queues/urgent")
-        scheduler = scheduler_v1.CloudSchedulerClient(
-            transport=CloudSchedulerGrpcTransport(channel=channel)
-        )
+        scheduler = scheduler_client(f"127.0.0.1:{port}")
         job = scheduler.get_job(name=f"{parent}/jobs/digest")
         assert job.http_target.uri == "http://127.0.0.1:1/cloudtasks/schedule/digest/"
     finally:
@@ -206,8 +200,7 @@ def test_faults_given_on_the_command_line_apply_to_the_next_calls() -> None:
     )  # fmt: skip
     try:
         assert "CreateTask" in read_line_containing(proc, "Injecting fault")
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        client = tasks_client(f"127.0.0.1:{port}")
         task = {"http_request": {"url": "http://127.0.0.1:9/"}}
         parent = "projects/p/locations/l/queues/default"
         client.pause_queue(name=parent)
@@ -227,9 +220,7 @@ def test_the_command_keeps_its_queues_and_tasks_in_a_state_file(tmp_path: Path) 
     proc = start(*state, "--queue", "kept")
     try:
         read_line_containing(proc, "Cloud Tasks emulator on")
-        client = tasks_v2.CloudTasksClient(
-            transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel(f"127.0.0.1:{port}"))
-        )
+        client = tasks_client(f"127.0.0.1:{port}")
         client.pause_queue(name=f"{parent}/queues/kept")
         client.create_task(
             parent=f"{parent}/queues/kept", task={"http_request": {"url": "http://127.0.0.1:9/"}}
@@ -242,6 +233,9 @@ def test_the_command_keeps_its_queues_and_tasks_in_a_state_file(tmp_path: Path) 
     try:
         banner = read_line_containing(proc, "Cloud Tasks emulator on")
         assert "queues: default" in banner
+        # A new channel: the first one waits out gRPC's reconnect backoff after the restart.
+        client.transport.close()
+        client = tasks_client(f"127.0.0.1:{port}")
         queues = {q.name.rsplit("/", 1)[1]: q for q in client.list_queues(parent=parent)}
         assert queues["kept"].state == tasks_v2.Queue.State.PAUSED
         assert len(client.list_tasks(parent=f"{parent}/queues/kept").tasks) == 1
@@ -260,11 +254,16 @@ def test_the_command_keeps_its_queues_and_tasks_in_a_state_file(tmp_path: Path) 
         pytest.param("CreateTask", "needs a status, a delay", id="no-fault"),
     ],
 )
-def test_a_bad_fault_is_explained_not_a_traceback(spec: str, reason: str) -> None:
-    proc = start("--port", str(free_port()), "--fault", spec)
+def test_a_bad_fault_is_refused_with_the_reason(spec: str, reason: str) -> None:
+    # In this process: the faults are read before anything starts.
+    with pytest.raises(CommandError, match=f"^--fault: .*{re.escape(reason)}"):
+        call_command("cloudtasks_emulator", "--port", "0", "--fault", spec)
+
+
+def test_a_bad_fault_is_explained_not_a_traceback() -> None:
+    proc = start("--port", str(free_port()), "--fault", "CreateTask,status=NOPE")
     _, stderr = proc.communicate(timeout=30)
 
     assert proc.returncode == 1
-    assert "--fault: " in stderr
-    assert reason in stderr
+    assert "--fault: 'NOPE' is not a gRPC status" in stderr
     assert "Traceback" not in stderr

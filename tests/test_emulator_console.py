@@ -8,14 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import grpc
 import pytest
 import requests
 from google.cloud import tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from django_tasks_cloud_tasks.emulator import Emulator
-from tests.test_emulator import LOCATION, PROJECT, Target, http_task, in_seconds, wait_until
+from tests.servers import Target, tasks_client
+from tests.test_emulator import LOCATION, PROJECT, http_task, in_seconds, wait_until
 from tests.test_example_app import browser
 
 if TYPE_CHECKING:
@@ -24,13 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["browser"]  # the fixture, shared with the example app's test
 PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
 WORK = f"{PARENT}/queues/work"
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    server = Target()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -42,9 +34,9 @@ def em(target: Target) -> Iterator[Emulator]:
 
 @pytest.fixture
 def client(em: Emulator) -> Iterator[tasks_v2.CloudTasksClient]:
-    channel = grpc.insecure_channel(em.address)
-    yield tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
-    channel.close()
+    client = tasks_client(em.address)
+    yield client
+    client.transport.close()
 
 
 def section(driver: WebDriver, queue_id: str) -> str:

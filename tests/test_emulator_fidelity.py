@@ -4,61 +4,37 @@ deleted queues' names. Driven by the unmodified client over real gRPC."""
 
 from __future__ import annotations
 
-import itertools
 import socket
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-import grpc
 import pytest
 from google.api_core import exceptions
 from google.cloud import tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from django_tasks_cloud_tasks.emulator import Emulator
 from django_tasks_cloud_tasks.emulator.sender import Sender
-from tests.test_emulator import LOCATION, PROJECT, Reply, Target, http_task
+from tests.servers import BackgroundServer, Reply, Target, tasks_client
+from tests.test_emulator import LOCATION, PROJECT, http_task, new_queue
 
 LOCATION_NAME = f"projects/{PROJECT}/locations/{LOCATION}"
 
 
-class Gate:
+class Gate(BackgroundServer):
     """An HTTP target that holds every request until released, counting those it holds."""
+
+    request_queue_size = 1024
 
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.held = 0
         self.peak = 0
         self.released = threading.Event()
-        gate = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with gate.changed:
-                    gate.held += 1
-                    gate.peak = max(gate.peak, gate.held)
-                    gate.changed.notify_all()
-                gate.released.wait(60)
-                with gate.changed:
-                    gate.held -= 1
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 1024
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/held"
+        super().__init__(_GateHandler)
+        self.url = f"{self.base_url}/held"
 
     def wait_for_held(self, count: int, timeout: float = 60) -> bool:
         with self.changed:
@@ -66,20 +42,34 @@ class Gate:
 
     def close(self) -> None:
         self.released.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().close()
+
+
+class _GateHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Gate
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        gate = self.server
+        with gate.changed:
+            gate.held += 1
+            gate.peak = max(gate.peak, gate.held)
+            gate.changed.notify_all()
+        gate.released.wait(60)
+        with gate.changed:
+            gate.held -= 1
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture
 def gate() -> Iterator[Gate]:
     server = Gate()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    server = Target()
     yield server
     server.close()
 
@@ -93,18 +83,9 @@ def em(target: Target) -> Iterator[Emulator]:
 
 @pytest.fixture
 def client(em: Emulator) -> Iterator[tasks_v2.CloudTasksClient]:
-    channel = grpc.insecure_channel(em.address)
-    yield tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
-    channel.close()
-
-
-_ids = itertools.count()
-
-
-def new_queue(em: Emulator, **settings: Any) -> str:
-    settings.setdefault("min_backoff", 0.05)
-    settings.setdefault("max_backoff", 0.2)
-    return str(em.create_queue(f"f{next(_ids)}", **settings).name)
+    client = tasks_client(em.address)
+    yield client
+    client.transport.close()
 
 
 # Attempts in flight
@@ -204,11 +185,10 @@ def test_a_redirect_is_a_failed_attempt_retried_and_never_followed(target: Targe
     target.script("/no-slash", *[Reply(301, {"Location": "/no-slash/"})] * 2)
     with Emulator(project=PROJECT, location=LOCATION, queues=(), log=lines.append) as em:
         queue = new_queue(em, max_attempts=2)
-        channel = grpc.insecure_channel(em.address)
-        client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        client = tasks_client(em.address)
         client.create_task(parent=queue, task=http_task(target.url("/no-slash")))
         assert em.wait_until_idle(10)
-        channel.close()
+        client.transport.close()
 
     assert [d.status for d in em.dispatches] == [301, 301]
     assert target.hits("/no-slash/") == []
@@ -220,13 +200,12 @@ def test_a_redirect_is_a_failed_attempt_retried_and_never_followed(target: Targe
 
 def test_a_deleted_queues_name_is_reserved_for_the_configured_wait(target: Target) -> None:
     with Emulator(project=PROJECT, location=LOCATION, queues=("kept",)) as em:
-        channel = grpc.insecure_channel(em.address)
-        client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        client = tasks_client(em.address)
         name = f"{LOCATION_NAME}/queues/kept"
         client.delete_queue(name=name)
         with pytest.raises(exceptions.FailedPrecondition, match="existed too recently"):
             client.create_queue(parent=LOCATION_NAME, queue={"name": name}, retry=None)
-        channel.close()
+        client.transport.close()
 
 
 def test_with_no_wait_a_deleted_queues_name_can_be_used_at_once(

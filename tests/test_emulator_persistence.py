@@ -3,35 +3,21 @@ tasks (which are dispatched after the restart), reserved task and queue names, a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from google.api_core import exceptions
 from google.cloud import tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from django_tasks_cloud_tasks.emulator import Emulator
-from tests.test_emulator import LOCATION, PROJECT, Target, http_task, in_seconds
+from tests.servers import Target, tasks_client
+from tests.test_emulator import LOCATION, PROJECT, http_task, in_seconds
 
 PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
 
 
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    server = Target()
-    yield server
-    server.close()
-
-
 def emulator(state_file: Path) -> Emulator:
     return Emulator(project=PROJECT, location=LOCATION, queues=("default",), state_file=state_file)
-
-
-def connect(em: Emulator) -> tuple[tasks_v2.CloudTasksClient, grpc.Channel]:
-    channel = grpc.insecure_channel(em.address)
-    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel)), channel
 
 
 def test_a_restart_loses_nothing(tmp_path: Path, target: Target) -> None:
@@ -39,7 +25,7 @@ def test_a_restart_loses_nothing(tmp_path: Path, target: Target) -> None:
     target.reset()
     default = f"{PARENT}/queues/default"
     with emulator(state) as first:
-        client, channel = connect(first)
+        client = tasks_client(first.address)
         client.create_queue(
             parent=PARENT,
             queue={"name": f"{PARENT}/queues/held", "retry_config": {"max_attempts": 7}},
@@ -66,11 +52,11 @@ def test_a_restart_loses_nothing(tmp_path: Path, target: Target) -> None:
                 http={"body": b"payload", "headers": {"Content-Type": "text/plain"}},
             ),
         )
-        channel.close()
+        client.transport.close()
     assert target.hits("/later") == []
 
     with emulator(state) as second:
-        client, channel = connect(second)
+        client = tasks_client(second.address)
         queues = {q.name.rsplit("/", 1)[1]: q for q in client.list_queues(parent=PARENT)}
         assert sorted(queues) == ["default", "held"]
         assert queues["held"].state == tasks_v2.Queue.State.PAUSED
@@ -94,7 +80,7 @@ def test_a_restart_loses_nothing(tmp_path: Path, target: Target) -> None:
         assert hit.body == b"payload"
         assert hit.headers["Content-Type"] == "text/plain"
         assert hit.headers["X-CloudTasks-TaskRetryCount"] == "0"
-        channel.close()
+        client.transport.close()
 
 
 def test_a_task_waiting_for_its_retry_keeps_its_counts(tmp_path: Path, target: Target) -> None:
@@ -103,10 +89,10 @@ def test_a_task_waiting_for_its_retry_keeps_its_counts(tmp_path: Path, target: T
     target.script("/flaky", 503)
     with emulator(state) as first:
         queue = first.create_queue("retried", min_backoff=1, max_backoff=1)
-        client, channel = connect(first)
+        client = tasks_client(first.address)
         client.create_task(parent=queue.name, task=http_task(target.url("/flaky")))
         assert target.wait_for_hits(1, "/flaky")
-        channel.close()
+        client.transport.close()
 
     with emulator(state) as second:
         (_, retried) = target.wait_for_hits(2, "/flaky", timeout=15)
@@ -119,26 +105,26 @@ def test_reset_empties_the_state_file_but_keeps_the_queues(tmp_path: Path, targe
     state = tmp_path / "emulator.sqlite3"
     with emulator(state) as first:
         first.create_queue("extra", max_dispatches_per_second=5)
-        client, channel = connect(first)
+        client = tasks_client(first.address)
         client.create_task(
             parent=f"{PARENT}/queues/default",
             task=http_task(target.url("/reset"), schedule_time=in_seconds(600)),
         )
         first.reset()
-        channel.close()
+        client.transport.close()
 
     with emulator(state) as second:
-        client, channel = connect(second)
+        client = tasks_client(second.address)
         extra = client.get_queue(name=f"{PARENT}/queues/extra")
         assert extra.rate_limits.max_dispatches_per_second == 5
         assert client.list_tasks(parent=f"{PARENT}/queues/default").tasks == []
-        channel.close()
+        client.transport.close()
 
 
 def test_without_a_state_file_nothing_is_kept(target: Target) -> None:
     with Emulator(project=PROJECT, location=LOCATION, queues=("default",)) as first:
         first.create_queue("ephemeral")
     with Emulator(project=PROJECT, location=LOCATION, queues=("default",)) as second:
-        client, channel = connect(second)
+        client = tasks_client(second.address)
         assert [q.name for q in client.list_queues(parent=PARENT)] == [f"{PARENT}/queues/default"]
-        channel.close()
+        client.transport.close()

@@ -9,32 +9,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import google.auth.transport.requests
-import grpc
 import pytest
 from google.api_core import exceptions
 from google.cloud import scheduler_v1, tasks_v2
-from google.cloud.scheduler_v1.services.cloud_scheduler.transports import (
-    CloudSchedulerGrpcTransport,
-)
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 from google.oauth2 import id_token
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from django_tasks_cloud_tasks.emulator import Emulator
 from django_tasks_cloud_tasks.emulator.schedules import JobAttempt, JobStore
-from tests.test_emulator import Target, wait_until
+from django_tasks_cloud_tasks.sync import scheduler_client
+from tests.servers import Target, tasks_client
+from tests.test_emulator import wait_until
 
 PROJECT = "sched-project"
 LOCATION = "europe-west1"
 PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
 _ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    server = Target()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +35,12 @@ def em() -> Iterator[Emulator]:
 
 @pytest.fixture(scope="module")
 def tasks(em: Emulator) -> tasks_v2.CloudTasksClient:
-    channel = grpc.insecure_channel(em.address)
-    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    return tasks_client(em.address)
 
 
 @pytest.fixture(scope="module")
 def scheduler(em: Emulator) -> scheduler_v1.CloudSchedulerClient:
-    channel = grpc.insecure_channel(em.address)
-    return scheduler_v1.CloudSchedulerClient(transport=CloudSchedulerGrpcTransport(channel=channel))
+    return scheduler_client(em.address)
 
 
 def new_job(scheduler: scheduler_v1.CloudSchedulerClient, url: str, **fields: Any) -> Any:

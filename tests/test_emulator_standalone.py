@@ -9,16 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import requests
-from google.cloud import tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
-from tests.test_emulator import Target, http_task
+from tests.servers import Target, tasks_client
+from tests.test_emulator import http_task
 from tests.test_emulator_command import free_port, read_line_containing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,18 +32,6 @@ def run(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         command, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
-    server = Target()
-    yield server
-    server.close()
-
-
-def client_for(address: str) -> tasks_v2.CloudTasksClient:
-    channel = grpc.insecure_channel(address)
-    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
 
 def test_importing_the_emulator_does_not_import_django() -> None:
@@ -73,7 +58,7 @@ def test_python_m_runs_from_flags_and_dispatches(target: Target) -> None:
         banner = read_line_containing(proc, "Cloud Tasks emulator on")
         assert "project any-project, location europe-west1, queues: jobs" in banner
         parent = "projects/any-project/locations/europe-west1/queues/jobs"
-        client_for(f"127.0.0.1:{port}").create_task(
+        tasks_client(f"127.0.0.1:{port}").create_task(
             parent=parent, task=http_task(target.url("/standalone"))
         )
         assert read_line_containing(proc, "->").startswith(
@@ -151,7 +136,7 @@ def test_the_container_recipe_command_line_serves(tmp_path: Path, target: Target
     try:
         banner = read_line_containing(proc, "Cloud Tasks emulator on")
         assert f"0.0.0.0:{port}" in banner
-        client = client_for(f"127.0.0.1:{port}")
+        client = tasks_client(f"127.0.0.1:{port}")
         queues = client.list_queues(parent="projects/demo-project/locations/us-central1")
         assert [q.name.rsplit("/", 1)[1] for q in queues] == ["default"]
         assert requests.get(f"http://127.0.0.1:{token_port}/certs", timeout=10).ok

@@ -7,12 +7,10 @@ import time
 import uuid
 from decimal import Decimal
 
-import grpc
 import pytest
 from django.tasks.exceptions import InvalidTask
 from django.utils import timezone
 from google.cloud import tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from django_tasks_cloud_tasks import CloudTasksError, PayloadTooLarge
 from tests import tasks
@@ -21,13 +19,8 @@ from tests.tasks import recorder
 
 
 def queued_tasks(cloud_tasks: CloudTasks, queue: str = "default") -> list[tasks_v2.Task]:
-    client = tasks_v2.CloudTasksClient(
-        transport=CloudTasksGrpcTransport(
-            channel=grpc.insecure_channel(cloud_tasks.emulator.address)
-        )
-    )
     parent = f"projects/{PROJECT}/locations/{LOCATION}/queues/{queue}"
-    return list(client.list_tasks(parent=parent))
+    return list(cloud_tasks.client.list_tasks(parent=parent))
 
 
 def assert_nothing_enqueued_or_ran(cloud_tasks: CloudTasks) -> None:
@@ -147,7 +140,7 @@ def test_an_aware_run_after_is_accepted_without_time_zone_support(
     cloud_tasks: CloudTasks,
 ) -> None:
     cloud_tasks.settings.USE_TZ = False
-    run_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
+    run_after = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.2)
 
     tasks.add.using(run_after=run_after).enqueue(1, 2)
 

@@ -104,10 +104,11 @@ def test_recovery_of_a_task_that_was_created_but_not_noted_runs_it_once(
     cloud_tasks.configure(ENQUEUE_ON_COMMIT=True, STORE_RESULTS=True, ENQUEUE_DEADLINE=1)
     # Created, but the answer comes after the whole deadline: the row never learns the name.
     cloud_tasks.emulator.inject_fault("CreateTask", delay=3)
+    # Held, so that recovery finds the row still READY.
+    cloud_tasks.create_queue("urgent")
+    cloud_tasks.hold()
     with transaction.atomic():
-        # Due later, so that recovery finds the row still READY.
-        run_after = timezone.now() + timedelta(seconds=3)
-        result = tasks.add.using(queue_name="urgent", run_after=run_after).enqueue(9, 9)
+        result = tasks.add.using(queue_name="urgent").enqueue(9, 9)
     assert TaskRecord.objects.get(pk=result.id).cloud_task_name == ""
 
     call_command("cloudtasks_recover", "--older-than", "0", stdout=StringIO())
@@ -115,6 +116,7 @@ def test_recovery_of_a_task_that_was_created_but_not_noted_runs_it_once(
     # Cloud Tasks answered ALREADY_EXISTS: the task it has is noted, and no second one made.
     assert TaskRecord.objects.get(pk=result.id).cloud_task_name.endswith(f"/tasks/{result.id}")
     assert len(queued_tasks(cloud_tasks, "urgent")) == 1
+    cloud_tasks.release()
     assert recorder.wait_for(1)[0].args == (9, 9)
     assert cloud_tasks.emulator.wait_until_idle()
     assert len(recorder.calls) == 1

@@ -11,10 +11,10 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import django
 import pytest
 import requests
 from django.conf import settings
@@ -24,6 +24,7 @@ from django.tasks import Task, TaskResult, TaskResultStatus, default_task_backen
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 
 from django_tasks_cloud_tasks import CloudTask
+from django_tasks_cloud_tasks import task as cloud_task
 from django_tasks_cloud_tasks.models import TaskRecord
 from tests import tasks
 from tests.conftest import CloudTasks
@@ -34,14 +35,6 @@ from tests.tokens import SigningKey, google_claims
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SERVERS = ["wsgi", "asgi"]
-
-
-@pytest.fixture
-def stored(cloud_tasks: CloudTasks) -> Iterator[CloudTasks]:
-    cloud_tasks.configure(STORE_RESULTS=True)
-    tasks.release_slow.clear()
-    yield cloud_tasks
-    tasks.release_slow.set()
 
 
 def on_server(cloud_tasks: CloudTasks, server: str, request: pytest.FixtureRequest) -> str:
@@ -174,10 +167,20 @@ def test_max_attempts_caps_the_attempts_below_the_queues_limit(stored: CloudTask
     assert result.attempts == 2
 
 
+@pytest.mark.skipif(django.VERSION < (6, 1), reason="Django 6.0's @task takes no extra arguments")
+def test_djangos_task_decorator_passes_max_attempts_to_the_backends_task_class() -> None:
+    from django.tasks import task
+
+    capped = task(max_attempts=3)(tasks.add.func)
+
+    assert isinstance(capped, CloudTask)
+    assert capped.max_attempts == 3
+
+
 @pytest.mark.parametrize("max_attempts", [0, -1, 1.5, True, "3"], ids=repr)
 def test_max_attempts_must_be_a_whole_number_of_at_least_one(max_attempts: object) -> None:
     with pytest.raises(InvalidTask, match="max_attempts"):
-        CloudTask(func=tasks.add.func, max_attempts=max_attempts)
+        cloud_task(max_attempts=max_attempts)(tasks.add.func)  # type: ignore[arg-type]
 
 
 # --- The task ran, but its outcome cannot be stored -------------------------------------------

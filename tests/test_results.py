@@ -35,12 +35,6 @@ from tests.test_execute_view import body as execute_view_body
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def stored(cloud_tasks: CloudTasks) -> CloudTasks:
-    cloud_tasks.configure(STORE_RESULTS=True)
-    return cloud_tasks
-
-
 def body(task_id: str, task_path: str = "tests.tasks.add", **fields: Any) -> dict[str, Any]:
     return execute_view_body(
         **{"args": [2, 3], **fields, "task_id": task_id, "task_path": task_path}

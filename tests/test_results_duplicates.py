@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import timedelta
 from itertools import islice
@@ -31,14 +30,6 @@ from tests.test_results import body, deliver
 pytestmark = pytest.mark.django_db(transaction=True)
 
 DELIVERIES = 6
-
-
-@pytest.fixture
-def stored(cloud_tasks: CloudTasks) -> Iterator[CloudTasks]:
-    cloud_tasks.configure(STORE_RESULTS=True)
-    tasks.release_slow.clear()
-    yield cloud_tasks
-    tasks.release_slow.set()
 
 
 def send_at_once(

@@ -56,8 +56,8 @@ def test_an_answer_later_than_the_attempt_timeout_is_retried_into_one_task(
     cloud_tasks: CloudTasks,
 ) -> None:
     # Each attempt may use a third of the deadline (at least 1 s): the first is abandoned.
-    cloud_tasks.configure(ENQUEUE_DEADLINE=6)
-    cloud_tasks.emulator.inject_fault("CreateTask", delay=4)
+    cloud_tasks.configure(ENQUEUE_DEADLINE=3)
+    cloud_tasks.emulator.inject_fault("CreateTask", delay=2)
 
     tasks.add.enqueue(5, 6)
 

@@ -7,20 +7,16 @@ import io
 import itertools
 from typing import Any
 
-import grpc
 import pytest
 import requests
 from django.core.management import CommandError, call_command
 from django.tasks import TaskResultStatus
 from google.cloud import scheduler_v1, tasks_v2
-from google.cloud.scheduler_v1.services.cloud_scheduler.transports import (
-    CloudSchedulerGrpcTransport,
-)
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from django_tasks_cloud_tasks import config
 from django_tasks_cloud_tasks.models import TaskRecord
+from django_tasks_cloud_tasks.sync import scheduler_client
 from tests.conftest import LOCATION, PROJECT, CloudTasks
 from tests.tasks import recorder
 from tests.test_emulator import wait_until
@@ -44,14 +40,12 @@ def sync(*args: str) -> str:
 
 @pytest.fixture
 def tasks(cloud_tasks: CloudTasks) -> tasks_v2.CloudTasksClient:
-    channel = grpc.insecure_channel(cloud_tasks.emulator.address)
-    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    return cloud_tasks.client
 
 
 @pytest.fixture
 def scheduler(cloud_tasks: CloudTasks) -> scheduler_v1.CloudSchedulerClient:
-    channel = grpc.insecure_channel(cloud_tasks.emulator.address)
-    return scheduler_v1.CloudSchedulerClient(transport=CloudSchedulerGrpcTransport(channel=channel))
+    return scheduler_client(cloud_tasks.emulator.address)
 
 
 def test_a_new_queue_is_planned_field_by_field_and_created(

@@ -1,8 +1,9 @@
 """The testing helpers users install: the harness behind the pytest plugin and CloudTasksTestCase.
 
-This suite's own ``cloud_tasks`` fixture (conftest) shadows the plugin's, so the harness is built
-here as the plugin builds it; the plugin's fixtures themselves run in a new project, in
-``test_quick_start``.
+The whole suite runs on this harness: its ``cloud_tasks`` fixture (conftest) is a
+``CloudTasksHarness`` with the suite's settings, and shadows the plugin's. Here the harness is built
+as the plugin builds it, whatever ``TASKS`` says; the plugin's fixtures themselves run in a new
+project, in ``test_quick_start``.
 """
 
 from __future__ import annotations

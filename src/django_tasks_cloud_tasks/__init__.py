@@ -8,11 +8,22 @@ What users may import or name, and nothing else, is public:
   and bulk enqueue (``Call``, ``enqueue_many``, ``aenqueue_many``), all importable from this
   package;
 - ``django_tasks_cloud_tasks`` in ``INSTALLED_APPS`` (the result store, its admin and checks) and
-  ``django_tasks_cloud_tasks.urls`` (the execute view, to ``include`` under ``cloudtasks/``);
-- ``django_tasks_cloud_tasks.emulator.Emulator`` and the ``cloudtasks_emulator`` and
-  ``prune_task_results`` management commands.
+  ``django_tasks_cloud_tasks.urls`` (the execute view and the schedules' endpoint, to ``include``
+  under ``cloudtasks/``);
+- the management commands ``cloudtasks_emulator``, ``cloudtasks_sync``, ``cloudtasks_schedules``,
+  ``cloudtasks_recover`` and ``prune_task_results``;
+- ``django_tasks_cloud_tasks.emulator`` (``Emulator``, ``DispatchRecord``, ``OIDC_CONFIG_METHOD``)
+  and its standalone entry points, the ``cloud-tasks-emulator`` script and ``python -m
+  django_tasks_cloud_tasks.emulator`` (``emulator.cli``);
+- ``django_tasks_cloud_tasks.testing`` (``CloudTasksHarness``, ``CloudTasksTestCase``,
+  ``EnqueuedTask``, ``TEST_QUEUE_RETRY``, ``start_emulator``) and the pytest plugin
+  (``pytest_plugin``: the ``cloud_tasks`` and ``cloud_tasks_emulator`` fixtures);
+- ``django_tasks_cloud_tasks.tracing.TraceContextMiddleware`` (``MIDDLEWARE``) and
+  ``django_tasks_cloud_tasks.cloud_logging``'s ``CloudLoggingFormatter`` and ``CloudTraceFilter``
+  (``LOGGING``).
 
-Every other module and name is internal and may change in any release.
+Every other module and name is internal and may change in any release; each module users import
+lists its public names in ``__all__``.
 
 Process-wide caches, what clears them, and why each is safe to keep:
 
@@ -27,11 +38,15 @@ Process-wide caches, what clears them, and why each is safe to keep:
 - ``execution.worker_id``: this host and process id; a forked child gets its own (keyed by pid).
 - ``oidc.certificates``: each issuer's public keys, for the lifetime they advertise (5 minutes
   when they don't), re-fetched early for an unknown key id at most every 30 seconds.
-- ``oidc.emulator_issuer``: where the local emulator publishes its keys; one minute.
-- ``client``: the Cloud Tasks clients, per emulator host (per event loop for async clients);
-  dropped in a forked child, whose gRPC channels would not work.
-- ``oidc`` and ``metadata`` HTTP transports (google-auth's), and ``statements``' SQL text per
-  database vendor: for the life of the process.
+- ``oidc.emulator_issuer``: where the local emulator at each address publishes its keys; until
+  the end of the current minute (an emulator restarted on new ports is found again), 8 at most.
+- ``client``: the Cloud Tasks clients, per emulator host (per event loop for async clients), and
+  the default Google credentials; dropped in a forked child, whose gRPC channels would not work.
+- ``transport.http_request``: the one HTTP transport (google-auth's, on a ``requests`` session)
+  of the metadata server and the certificate fetches; dropped in a forked child.
+- ``statements``: each statement's SQL text per database vendor; for the life of the process.
+- In the emulator, which keeps no Django state: ``sender``'s split task URLs (4096 at most) and
+  its TLS context, for the life of the process (a URL's parts do not change).
 
 The names below are imported on first use, so that the emulator (``.emulator``) can run in a
 process that never imports Django.

@@ -78,6 +78,7 @@ def task[**P, R](
             priority=priority,
             queue_name=queue_name,
             backend=backend,
+            run_after=None,  # Django 6.0's Task gives it no default.
             takes_context=takes_context,
             max_attempts=max_attempts,
         )

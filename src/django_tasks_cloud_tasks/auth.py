@@ -35,7 +35,7 @@ from .backend import CloudTasksBackend
 from .config import CloudTasksConfig
 from .exceptions import Refused
 
-__all__ = ["Backends", "Policy", "Refused", "authenticate", "cloud_tasks_backends"]
+__all__ = ["Backends", "Policy", "authenticate", "cloud_tasks_backends"]
 
 logger = logging.getLogger(__name__)
 _closed_logged = False

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from . import tracing
 from .exceptions import CloudTasksError, EnqueueOutcomeUnknown
 
 if TYPE_CHECKING:
@@ -68,14 +69,15 @@ def create_task(
     have been, and ``ImproperlyConfigured`` if no credentials were found.
     """
     attempts = _Attempts(config, queue_id, result_id, named=_named(request))
-    while True:
-        try:
-            client = sync_client(config.emulator_host)
-            return str(client.create_task(request=request, timeout=attempts.timeout()).name)
-        except Exception as exc:  # classified by _Attempts
-            if attempts.already_added(exc):
-                return str(request["task"]["name"])
-            time.sleep(attempts.backoff(exc))
+    with tracing.producing(queue_id, [request], result_id):
+        while True:
+            try:
+                client = sync_client(config.emulator_host)
+                return str(client.create_task(request=request, timeout=attempts.timeout()).name)
+            except Exception as exc:  # classified by _Attempts
+                if attempts.already_added(exc):
+                    return str(request["task"]["name"])
+                time.sleep(attempts.backoff(exc))
 
 
 async def acreate_task(
@@ -83,15 +85,16 @@ async def acreate_task(
 ) -> str:
     """``create_task`` with the event loop's async client."""
     attempts = _Attempts(config, queue_id, result_id, named=_named(request))
-    while True:
-        try:
-            client = async_client(config.emulator_host)
-            task = await client.create_task(request=request, timeout=attempts.timeout())
-            return str(task.name)
-        except Exception as exc:  # classified by _Attempts
-            if attempts.already_added(exc):
-                return str(request["task"]["name"])
-            await asyncio.sleep(attempts.backoff(exc))
+    with tracing.producing(queue_id, [request], result_id):
+        while True:
+            try:
+                client = async_client(config.emulator_host)
+                task = await client.create_task(request=request, timeout=attempts.timeout())
+                return str(task.name)
+            except Exception as exc:  # classified by _Attempts
+                if attempts.already_added(exc):
+                    return str(request["task"]["name"])
+                await asyncio.sleep(attempts.backoff(exc))
 
 
 def _named(request: dict[str, Any]) -> bool:
@@ -278,17 +281,21 @@ def batch_create(
 ) -> BatchOutcome:
     """Create up to ``MAX_BATCH_CREATE`` tasks of one queue in one BatchCreateTasks call (more
     calls only to retry what failed transiently, inside ``ENQUEUE_DEADLINE``)."""
-    batch = _Batch(config, queue_id, requests)
-    while batch.pending:
-        try:
-            client = sync_client(config.emulator_host)
-            operation = client.batch_create_tasks(request=batch.request(), timeout=batch.timeout())
-            response = operation.result(timeout=batch.timeout())
-            delay = batch.settle(response, operation.metadata)
-        except Exception as exc:  # classified by _Batch
-            delay = batch.failed(exc)
-        if delay is not None:
-            time.sleep(delay)
+    with tracing.producing(queue_id, requests) as production:
+        batch = _Batch(config, queue_id, requests)
+        while batch.pending:
+            try:
+                client = sync_client(config.emulator_host)
+                operation = client.batch_create_tasks(
+                    request=batch.request(), timeout=batch.timeout()
+                )
+                response = operation.result(timeout=batch.timeout())
+                delay = batch.settle(response, operation.metadata)
+            except Exception as exc:  # classified by _Batch
+                delay = batch.failed(exc)
+            if delay is not None:
+                time.sleep(delay)
+        production.not_all_added(len(batch.outcome.refused), len(batch.outcome.unknown))
     return batch.outcome
 
 
@@ -296,19 +303,21 @@ async def abatch_create(
     config: CloudTasksConfig, queue_id: str, requests: list[dict[str, Any]]
 ) -> BatchOutcome:
     """``batch_create`` with the event loop's async client."""
-    batch = _Batch(config, queue_id, requests)
-    while batch.pending:
-        try:
-            client = async_client(config.emulator_host)
-            operation = await client.batch_create_tasks(
-                request=batch.request(), timeout=batch.timeout()
-            )
-            response = await operation.result(timeout=batch.timeout())
-            delay = batch.settle(response, operation.metadata)
-        except Exception as exc:  # classified by _Batch
-            delay = batch.failed(exc)
-        if delay is not None:
-            await asyncio.sleep(delay)
+    with tracing.producing(queue_id, requests) as production:
+        batch = _Batch(config, queue_id, requests)
+        while batch.pending:
+            try:
+                client = async_client(config.emulator_host)
+                operation = await client.batch_create_tasks(
+                    request=batch.request(), timeout=batch.timeout()
+                )
+                response = await operation.result(timeout=batch.timeout())
+                delay = batch.settle(response, operation.metadata)
+            except Exception as exc:  # classified by _Batch
+                delay = batch.failed(exc)
+            if delay is not None:
+                await asyncio.sleep(delay)
+        production.not_all_added(len(batch.outcome.refused), len(batch.outcome.unknown))
     return batch.outcome
 
 

@@ -15,7 +15,6 @@ validate each task).
 from __future__ import annotations
 
 import json
-import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,11 +25,7 @@ from cronsim import CronSim, CronSimError
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 from django.utils import timezone
 
-QUEUE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
-SCHEDULE_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
-# Cloud Tasks' documented limits.
-MAX_DISPATCHES_PER_SECOND = 500.0
-MAX_CONCURRENT_DISPATCHES = 5000
+from .limits import JOB_ID, MAX_CONCURRENT_DISPATCHES, MAX_DISPATCHES_PER_SECOND, QUEUE_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +207,7 @@ def parse_schedules(value: object) -> tuple[ScheduleDeclaration, ...]:
 
 
 def _schedule(name: object, fields: object) -> ScheduleDeclaration:
-    if not (isinstance(name, str) and SCHEDULE_ID.fullmatch(name)):
+    if not (isinstance(name, str) and JOB_ID.fullmatch(name)):
         raise DeclarationError(
             f"SCHEDULES key {name!r} is not a valid schedule name (1-500 letters, digits, "
             "hyphens and underscores: it becomes the Cloud Scheduler job id)."

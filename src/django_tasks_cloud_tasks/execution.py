@@ -10,6 +10,10 @@ is retried, unless it raised ``PermanentFailure`` or it was its ``max_attempts``
 task that ran but returned what cannot be stored as JSON fails for good, since a retry would repeat
 its side effects and fail the same way; an interrupted async task (cancelled) records the
 interruption and lets the cancellation go on.
+
+While a task runs (sync or async), its ``log_fields`` are the current task's
+(``tracing.consuming``), so that every record it logs carries them (``cloud_logging``); with
+OpenTelemetry, the attempt is a CONSUMER span.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
 
+from . import tracing
 from .attempts import max_attempts_of
 from .exceptions import PermanentFailure
 from .payload import Payload
@@ -140,6 +145,13 @@ class Outcome:
 
 def run(sender: type, result: TaskResult[..., Any]) -> Outcome:
     """Call the task function in this thread; async functions get an event loop of their own."""
+    with tracing.consuming(result, _fields(result)) as finished:
+        outcome = _call(sender, result)
+        finished(outcome)
+    return outcome
+
+
+def _call(sender: type, result: TaskResult[..., Any]) -> Outcome:
     try:
         value = result.task.call(*_arguments(result), **result.kwargs)
     except Exception as exc:
@@ -157,6 +169,13 @@ async def arun(sender: type, result: TaskResult[..., Any]) -> Outcome:
     """
     if not iscoroutinefunction(result.task.func):
         return await asyncio.shield(sync_to_async(run)(sender, result))
+    with tracing.consuming(result, _fields(result)) as finished:
+        outcome = await _acall(sender, result)
+        finished(outcome)
+    return outcome
+
+
+async def _acall(sender: type, result: TaskResult[..., Any]) -> Outcome:
     try:
         value = await result.task.func(*_arguments(result), **result.kwargs)
     except asyncio.CancelledError as exc:
@@ -236,13 +255,17 @@ def _log_failure(result: TaskResult[..., Any], exc: BaseException, retry: bool) 
         result.attempts,
         what,
         exc_info=exc,
-        extra=log_fields(
-            task_id=result.id,
-            task_path=result.task.module_path,
-            attempt=result.attempts,
-            queue_name=result.task.queue_name,
-            backend=result.backend,
-        ),
+        extra=_fields(result),
+    )
+
+
+def _fields(result: TaskResult[..., Any]) -> dict[str, Any]:
+    return log_fields(
+        task_id=result.id,
+        task_path=result.task.module_path,
+        attempt=result.attempts,
+        queue_name=result.task.queue_name,
+        backend=result.backend,
     )
 
 

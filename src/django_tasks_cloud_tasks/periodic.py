@@ -29,6 +29,7 @@ from django.utils.module_loading import import_string
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from . import tracing
 from .auth import authenticate, cloud_tasks_backends
 from .config import CloudTasksConfig
 from .declarations import ScheduleDeclaration
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 @csrf_exempt
 @require_POST
+@tracing.traced_request  # The task carries the scheduler request's trace, as the middleware does.
 def enqueue_scheduled(request: HttpRequest, name: str) -> JsonResponse:
     """Enqueue the task of schedule ``name`` with its declared arguments."""
     backends = cloud_tasks_backends()

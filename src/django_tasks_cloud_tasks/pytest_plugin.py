@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .emulator import Emulator
     from .testing import CloudTasksHarness
 
+__all__ = ["cloud_tasks", "cloud_tasks_emulator"]
+
 # Port 1 (tcpmux) is privileged and unused: connections are refused at once.
 NOWHERE = "127.0.0.1:1"
 

@@ -106,10 +106,6 @@ def record_enqueued(result: TaskResult[..., Any], cloud_task_name: str = "") -> 
         record_created(result.id, cloud_task_name)
 
 
-async def arecord_enqueued(result: TaskResult[..., Any], cloud_task_name: str = "") -> None:
-    await sync_to_async(record_enqueued)(result, cloud_task_name)
-
-
 def record_created(result_id: str, cloud_task_name: str) -> None:
     """Note on a row that Cloud Tasks now has its task: it leaves the outbox."""
     TaskRecord.objects.using(router.db_for_write(TaskRecord)).filter(pk=result_id).update(

@@ -30,7 +30,7 @@ from django.tasks import Task, TaskResultStatus
 from django.utils.log import log_message, request_logger
 from django.views.decorators.csrf import csrf_exempt
 
-from . import execution, leases
+from . import execution, leases, tracing
 from .auth import authenticate, cloud_tasks_backends
 from .backend import CloudTasksBackend
 from .exceptions import Refused
@@ -65,6 +65,7 @@ class _Delivery:
 # result store's RUNNING claim from concurrent deliveries until the task finished.
 @csrf_exempt
 @transaction.non_atomic_requests
+@tracing.traced_request  # The task's trace: its own log lines and the tasks it enqueues carry it.
 def execute(request: HttpRequest) -> JsonResponse:
     """Runs a task in the request's thread; what WSGI servers (gunicorn) call."""
     payload = None
@@ -84,6 +85,7 @@ def execute(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @transaction.non_atomic_requests
+@tracing.traced_request
 async def aexecute(request: HttpRequest) -> JsonResponse:
     """Awaits async task functions on the server's event loop; what ASGI servers call."""
     payload = None
@@ -126,7 +128,12 @@ def _delivery(request: HttpRequest, payload: Payload, allowed: frozenset[str]) -
 
 
 def _refused(refusal: Refused, payload: Payload | None) -> JsonResponse:
-    logger.warning("Refused a task request (%s): %s", refusal.status, refusal.reason)
+    logger.warning(
+        "Refused a task request (%s): %s",
+        refusal.status,
+        refusal.reason,
+        extra=_fields(payload, None) if payload is not None else None,
+    )
     body = {"status": "refused", "reason": refusal.reason}
     if payload is not None:
         body["task_id"] = payload.task_id
@@ -150,13 +157,7 @@ def _server_fault(request: HttpRequest, exc: Exception, payload: Payload | None)
     )
     fields: dict[str, Any] = {"attempt": _attempt_number(request)}
     if payload is not None:
-        fields = execution.log_fields(
-            task_id=payload.task_id,
-            task_path=payload.task_path,
-            attempt=fields["attempt"],
-            queue_name=payload.queue_name,
-            backend=payload.backend,
-        )
+        fields = _fields(payload, fields["attempt"])
     # Where Django reports an uncaught exception: its request logger (mail_admins, the console)
     # and the signal error trackers listen to.
     log_message(
@@ -174,6 +175,16 @@ def _server_fault(request: HttpRequest, exc: Exception, payload: Payload | None)
     return response
 
 
+def _fields(payload: Payload, attempt: int | None) -> dict[str, Any]:
+    return execution.log_fields(
+        task_id=payload.task_id,
+        task_path=payload.task_path,
+        attempt=attempt,
+        queue_name=payload.queue_name,
+        backend=payload.backend,
+    )
+
+
 # With STORE_RESULTS, an attempt first claims the task in the store (which imports the models, so
 # only then), keeps the claim's lease renewed while it runs (leases.py), and records the outcome
 # after running it. See store.claim for the rules.
@@ -185,7 +196,7 @@ def _execute_stored(delivery: _Delivery) -> JsonResponse:
     config = delivery.config
     claim = store.claim(delivery.payload, delivery.attempt, config.attempt_deadline, config.lease)
     if not isinstance(claim, execution.Claim):
-        return _not_run(claim)
+        return _not_run(claim, delivery)
     return _answer(_run_claimed(delivery, claim), delivery.config)
 
 
@@ -209,7 +220,7 @@ async def _aexecute_stored(delivery: _Delivery) -> JsonResponse:
         delivery.payload, delivery.attempt, config.attempt_deadline, config.lease
     )
     if not isinstance(claim, execution.Claim):
-        return _not_run(claim)
+        return _not_run(claim, delivery)
     if not iscoroutinefunction(delivery.task.func):
         # Run and record in one thread hop, shielded: a sync task cannot be interrupted, so if
         # the client goes (its dispatch deadline), it still runs to its end and its outcome is
@@ -231,7 +242,7 @@ async def _aexecute_stored(delivery: _Delivery) -> JsonResponse:
     return _answer(outcome, delivery.config)
 
 
-def _not_run(verdict: AlreadySucceeded | StillRunning) -> JsonResponse:
+def _not_run(verdict: AlreadySucceeded | StillRunning, delivery: _Delivery) -> JsonResponse:
     from .store import AlreadySucceeded
 
     if isinstance(verdict, AlreadySucceeded):
@@ -242,7 +253,12 @@ def _not_run(verdict: AlreadySucceeded | StillRunning) -> JsonResponse:
     # Retry-After Cloud Tasks considers: they slow dispatch down for the whole queue
     # (docs/results.md, "Why 409"). Retry-After is for people and other callers.
     reason = "another attempt of this task is running; retry after its lease lapses"
-    logger.info("Task %s not run: %s", verdict.task_id, reason)
+    logger.info(
+        "Task %s not run: %s",
+        verdict.task_id,
+        reason,
+        extra=_fields(delivery.payload, delivery.attempt.number),
+    )
     response = JsonResponse(
         {"status": "running", "task_id": verdict.task_id, "reason": reason}, status=409
     )

@@ -9,6 +9,7 @@ from typing import Any
 from google.api_core.exceptions import InvalidArgument, MethodNotImplemented
 from google.cloud import tasks_v2
 
+from ..limits import MAX_CONCURRENT_DISPATCHES, MAX_DISPATCHES_PER_SECOND
 from .retry import UNLIMITED_ATTEMPTS
 
 # What `gcloud tasks queues describe` shows for a queue created through the API.
@@ -19,9 +20,6 @@ DEFAULT_MAX_ATTEMPTS = 100
 DEFAULT_MIN_BACKOFF = timedelta(seconds=0.1)
 DEFAULT_MAX_BACKOFF = timedelta(seconds=3600)
 DEFAULT_MAX_DOUBLINGS = 16
-
-MAX_RATE = 500.0
-MAX_CONCURRENCY = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +108,12 @@ def with_overrides(settings: QueueSettings, overrides: dict[str, Any] | None) ->
 
 def _check(settings: QueueSettings, problem: str) -> None:
     problems = []
-    if not 0 < settings.rate <= MAX_RATE:
-        problems.append(f"max_dispatches_per_second must be in (0, {MAX_RATE:g}]")
+    if not 0 < settings.rate <= MAX_DISPATCHES_PER_SECOND:
+        problems.append(f"max_dispatches_per_second must be in (0, {MAX_DISPATCHES_PER_SECOND:g}]")
     if settings.burst < 1:
         problems.append("max_burst_size must be positive")
-    if not 0 < settings.concurrency <= MAX_CONCURRENCY:
-        problems.append(f"max_concurrent_dispatches must be in [1, {MAX_CONCURRENCY}]")
+    if not 0 < settings.concurrency <= MAX_CONCURRENT_DISPATCHES:
+        problems.append(f"max_concurrent_dispatches must be in [1, {MAX_CONCURRENT_DISPATCHES}]")
     if settings.max_attempts < UNLIMITED_ATTEMPTS:
         problems.append("max_attempts must be positive, or -1 for unlimited")
     if settings.min_backoff < 0 or settings.max_retry_duration < 0:

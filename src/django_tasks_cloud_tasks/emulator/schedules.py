@@ -32,6 +32,7 @@ from google.cloud import scheduler_v1
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import status_pb2
 
+from ..limits import JOB_ID
 from .clock import timestamp
 from .retry import gives_up, retry_delay
 
@@ -270,7 +271,7 @@ class JobStore:
 
 def _check_job_id(name: str) -> None:
     job_id = name.rpartition("/jobs/")[2]
-    if not job_id or len(job_id) > 500 or not all(c.isalnum() or c in "-_" for c in job_id):
+    if not JOB_ID.fullmatch(job_id):
         raise InvalidArgument(
             f"Job id {job_id!r} can contain only letters, numbers, hyphens and underscores, "
             "up to 500 characters."
