@@ -45,6 +45,9 @@ Process-wide caches, what clears them, and why each is safe to keep:
 - ``transport.http_request``: the one HTTP transport (google-auth's, on a ``requests`` session)
   of the metadata server and the certificate fetches; dropped in a forked child.
 - ``statements``: each statement's SQL text per database vendor; for the life of the process.
+- ``leases``: not a cache but process-wide state: the leases of the attempts running in this
+  process and the one thread that renews them; each lease goes when its attempt ends, and a forked
+  child starts with neither.
 - In the emulator, which keeps no Django state: ``sender``'s split task URLs (4096 at most) and
   its TLS context, for the life of the process (a URL's parts do not change).
 

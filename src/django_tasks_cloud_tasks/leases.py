@@ -85,12 +85,19 @@ class _Renewer:
     def _run(self) -> None:
         while True:
             with self._lock:
+                if not self._held:
+                    # Idle: hold no database connection meanwhile (nor keep a test database in
+                    # use), and sleep until the next lease.
+                    connections.close_all()
                 while not self._held:
                     self._wake.wait()
                 interval = min(lease.interval for lease in self._held.values())
             # Not under the lock: a new lease must not wait for a renewal to finish.
             time.sleep(interval)
-            self.renew()
+            try:
+                self.renew()
+            except Exception:  # the thread must outlive any one renewal, or no lease is renewed
+                logger.exception("Renewing leases failed; trying again in the next interval.")
 
     def renew(self) -> None:
         """Extend every held lease by its length, from now: one UPDATE per group and batch."""
@@ -118,7 +125,8 @@ class _Renewer:
         """Of the leases a renewal missed, tell those taken over from those that just finished."""
         from .models import TaskRecord
 
-        still_held = [lease for lease in batch if lease in self.held()]
+        held = set(self.held())
+        still_held = [lease for lease in batch if lease in held]
         rows = dict(
             TaskRecord.objects.using(database)
             .filter(pk__in=[lease.task_id for lease in still_held])
