@@ -186,7 +186,7 @@ def test_an_outcome_whose_write_loses_its_connection_is_written_on_a_new_one(
     def drop_first_outcome(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         # The database restarting as the task finishes: the outcome's UPDATE meets a dead
         # connection once.
-        if sql.startswith("UPDATE") and '"finished_at"' in sql and not failures:
+        if sql.startswith("UPDATE") and "finished_at" in sql and not failures:
             failures.append(sql)
             raise OperationalError("server closed the connection unexpectedly")
         return execute(sql, params, many, context)
