@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -281,6 +282,10 @@ def test_unreachable_metadata_host_fails_fast(monkeypatch: pytest.MonkeyPatch) -
         ({**EXPLICIT, "PRIORITY_QUEUES": {"urgent_q": 10}}, "not a valid queue id"),
         ({**EXPLICIT, "PRIORITY_QUEUES": {"urgent": "high"}}, "must be an integer"),
         ({**EXPLICIT, "DISPATCH_DEADLINE": 5}, "between 15 and 1800"),
+        ({**EXPLICIT, "LEASE": 0.5}, "LEASE 0.5 must be a number of seconds"),
+        ({**EXPLICIT, "LEASE": "15"}, "LEASE '15' must be a number of seconds"),
+        ({**EXPLICIT, "LEASE": 10, "LEASE_RENEWAL_INTERVAL": 6}, "at most half the LEASE"),
+        ({**EXPLICIT, "LEASE_RENEWAL_INTERVAL": 0.01}, "LEASE_RENEWAL_INTERVAL 0.01"),
         ({**EXPLICIT, "CLOUD_TASKS_LOCATION": None}, "CLOUD_TASKS_LOCATION"),
         ({**EXPLICIT, "TASK_HANDLER_HOST": None}, "SERVICE_URL"),
     ],
@@ -292,6 +297,24 @@ def test_bad_configuration_names_the_setting(
 
     with pytest.raises(ImproperlyConfigured, match=message.replace("(", r"\(")):
         build(options)
+
+
+@pytest.mark.parametrize(
+    ("options", "lease", "interval"),
+    [
+        ({}, 15, 5),
+        ({"LEASE": 6}, 6, 2),  # A third of a short lease.
+        ({"LEASE": timedelta(minutes=1), "LEASE_RENEWAL_INTERVAL": 20}, 60, 20),
+    ],
+    ids=["defaults", "short-lease", "both-set"],
+)
+def test_leases_default_to_15_s_renewed_every_5_s_or_a_third_of_the_lease(
+    options: dict[str, Any], lease: float, interval: float
+) -> None:
+    config = build({**EXPLICIT, **options})
+
+    assert config.lease == timedelta(seconds=lease)
+    assert config.lease_renewal_interval == timedelta(seconds=interval)
 
 
 def test_priority_queues_pick_the_highest_band_reached() -> None:
