@@ -387,7 +387,7 @@ def view_figures(repeat: int, count: int, emulator: Any, database: Path) -> list
         # requests: the most that leases can cost the view.
         ViewServer(
             {"BENCHMARK_STORE_RESULTS": "1", "BENCHMARK_LEASE_RENEWAL_INTERVAL": "0.1"},
-            [ViewFigure("execute view with store, leases renewed every 0.1 s", EXECUTE, "")],
+            [ViewFigure("execute view, store, renewals every 0.1 s", EXECUTE, "")],
             prepare=enqueued_rows,
         ),
     ]
