@@ -317,15 +317,16 @@ class Soak:
 
     # --- setup ---------------------------------------------------------------------------------
 
-    def choose_database(self) -> None:
-        if Postgres.available():
+    def choose_database(self, sqlite: bool) -> None:
+        postgres_env = os.environ.get("SOAK_POSTGRES_HOST") or os.environ.get("TEST_POSTGRES_HOST")
+        if not sqlite and Postgres.available():
             self.postgres = Postgres(self.dir)
             self.postgres.start()
             self.env.update(
                 SOAK_POSTGRES_HOST="127.0.0.1", SOAK_POSTGRES_PORT=str(self.postgres.port)
             )
             self.database = "postgresql (restartable)"
-        elif os.environ.get("SOAK_POSTGRES_HOST") or os.environ.get("TEST_POSTGRES_HOST"):
+        elif not sqlite and postgres_env:
             host = os.environ.get("SOAK_POSTGRES_HOST") or os.environ["TEST_POSTGRES_HOST"]
             port = os.environ.get("SOAK_POSTGRES_PORT") or os.environ.get(
                 "TEST_POSTGRES_PORT", "5432"
@@ -335,8 +336,8 @@ class Soak:
         if not self.postgres and "database-restart" in self.settings.phases:
             self.settings.phases.remove("database-restart")
 
-    def start(self) -> None:
-        self.choose_database()
+    def start(self, *, sqlite: bool = False) -> None:
+        self.choose_database(sqlite)
         emulator_port, server_port = free_port(), free_port()
         self.env["CLOUD_TASKS_EMULATOR_HOST"] = f"127.0.0.1:{emulator_port}"
         self.env["BENCHMARK_HANDLER_HOST"] = f"http://127.0.0.1:{server_port}"
@@ -568,6 +569,9 @@ def main() -> None:
     parser.add_argument(
         "--keep", action="store_true", help="keep the run's directory (logs, database)"
     )
+    parser.add_argument(
+        "--sqlite", action="store_true", help="SQLite, even if PostgreSQL is installed"
+    )
     options = parser.parse_args()
     settings = SMOKE if options.smoke else FULL
     directory = Path(tempfile.mkdtemp(prefix="dtct-soak-"))
@@ -578,7 +582,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.time()
     try:
-        soak.start()
+        soak.start(sqlite=options.sqlite)
         phases = [soak.run_phase(phase) for phase in settings.phases]
         store = soak.store_summary()
     finally:
