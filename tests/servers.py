@@ -7,6 +7,8 @@ test closed waited that out. Serving with a short poll makes ``close()`` return 
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -156,3 +158,19 @@ def tasks_client(address: str) -> tasks_v2.CloudTasksClient:
     """
     channel = grpc.insecure_channel(address)
     return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+
+
+def stop(proc: subprocess.Popen[str], signum: int = signal.SIGINT, timeout: float = 15) -> int:
+    """Ask a server process to stop as Ctrl-C (or ``signum``) would; its exit status.
+
+    Its output is drained meanwhile, so a full pipe cannot keep it from exiting; one that does not
+    stop in time is killed, so that no test leaves a server behind, and the test fails.
+    """
+    proc.send_signal(signum)
+    try:
+        proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"{proc.args!r} did not stop within {timeout} s") from None
+    return proc.returncode

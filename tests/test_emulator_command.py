@@ -23,7 +23,7 @@ from google.cloud import tasks_v2
 
 from django_tasks_cloud_tasks.config import LOCAL_LOCATION, LOCAL_PROJECT
 from django_tasks_cloud_tasks.sync import scheduler_client
-from tests.servers import BackgroundServer, tasks_client
+from tests.servers import BackgroundServer, stop, tasks_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,8 +112,7 @@ def test_an_unconfigured_backend_gets_the_local_defaults_the_backend_uses_on_the
         banner = read_line_containing(proc, "Cloud Tasks emulator on")
         assert f"(project {LOCAL_PROJECT}, location {LOCAL_LOCATION}," in banner
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        stop(proc)
 
 
 def test_the_command_explains_what_to_set_when_the_backend_cannot_be_resolved() -> None:
@@ -149,8 +148,7 @@ def test_the_command_takes_the_issuer_url_the_backend_should_reach_the_keys_at()
         assert f"OIDC issuer {issuer}." in banner
         assert requests.get(f"{issuer}/certs", timeout=5).status_code == 200
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        stop(proc)
 
 
 @pytest.mark.parametrize(
@@ -188,8 +186,7 @@ def test_the_command_creates_the_declared_queues_and_schedules() -> None:
         job = scheduler.get_job(name=f"{parent}/jobs/digest")
         assert job.http_target.uri == "http://127.0.0.1:1/cloudtasks/schedule/digest/"
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        stop(proc)
 
 
 def test_faults_given_on_the_command_line_apply_to_the_next_calls() -> None:
@@ -209,8 +206,7 @@ def test_faults_given_on_the_command_line_apply_to_the_next_calls() -> None:
             client.create_task(parent=parent, task=task)
         assert client.create_task(parent=parent, task=task).name.startswith(parent)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        stop(proc)
 
 
 def test_the_command_keeps_its_queues_and_tasks_in_a_state_file(tmp_path: Path) -> None:
@@ -226,8 +222,7 @@ def test_the_command_keeps_its_queues_and_tasks_in_a_state_file(tmp_path: Path) 
             parent=f"{parent}/queues/kept", task={"http_request": {"url": "http://127.0.0.1:9/"}}
         )
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        assert stop(proc) == 0
 
     proc = start(*state)
     try:
@@ -240,8 +235,7 @@ def test_the_command_keeps_its_queues_and_tasks_in_a_state_file(tmp_path: Path) 
         assert queues["kept"].state == tasks_v2.Queue.State.PAUSED
         assert len(client.list_tasks(parent=f"{parent}/queues/kept").tasks) == 1
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        assert stop(proc) == 0
 
 
 @pytest.mark.parametrize(

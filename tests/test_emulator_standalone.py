@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import Target, tasks_client
+from tests.servers import Target, stop, tasks_client
 from tests.test_emulator import http_task
 from tests.test_emulator_command import free_port, read_line_containing
 
@@ -88,8 +88,7 @@ def test_the_console_script_takes_its_settings_from_the_environment(tmp_path: Pa
         page = requests.get(f"http://127.0.0.1:{token_port}/", timeout=10)
         assert "projects/env-project/locations/us-central1/queues/b" in page.text
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        assert stop(proc) == 0
     assert (tmp_path / "state.sqlite3").exists()
 
 
@@ -141,5 +140,4 @@ def test_the_container_recipe_command_line_serves(tmp_path: Path, target: Target
         assert [q.name.rsplit("/", 1)[1] for q in queues] == ["default"]
         assert requests.get(f"http://127.0.0.1:{token_port}/certs", timeout=10).ok
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert stop(proc, signal.SIGTERM) == 0
