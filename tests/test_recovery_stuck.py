@@ -95,6 +95,28 @@ def test_a_ready_task_whose_queue_was_purged_is_created_again_and_runs_once(
     assert record.cloud_task_name.startswith(f"{QUEUE}/tasks/{result.id}-r")
 
 
+def test_a_row_a_delivery_claimed_while_cloud_tasks_was_asked_is_left_alone(
+    stored: CloudTasks,
+) -> None:
+    # Recovery found the row READY; by the time it asks Cloud Tasks, the task has run and is gone.
+    from django.tasks import default_task_backend
+
+    from django_tasks_cloud_tasks import recovery
+
+    result = tasks.add.enqueue(1, 2)
+    found = TaskRecord.objects.get(pk=result.id)
+    assert found.status == TaskResultStatus.READY
+    assert recorder.wait_for(1)[0].args == (1, 2)
+    assert stored.emulator.wait_until_idle()
+
+    lost = recovery.RecreateLostTasks()
+    outcome = recovery._run(lost, default_task_backend, found, dry_run=False)
+
+    assert outcome is None
+    assert queued_tasks(stored) == []
+    assert len(recorder.calls) == 1
+
+
 def test_a_ready_task_that_cloud_tasks_still_has_is_left_alone(stored: CloudTasks) -> None:
     result = tasks.add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(1, 2)
     # Due an hour ago as far as recovery can tell, yet still in Cloud Tasks.

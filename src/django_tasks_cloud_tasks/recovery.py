@@ -27,7 +27,9 @@ two recoveries of the same row create one task, and a row whose replacement is l
 another. The delivery claims the same row: the payload carries the row's id.
 
 A repair confirms each row it finds before it touches it (``needs_repair``, which may ask Cloud
-Tasks), so a dry run reports only rows that would be repaired.
+Tasks), so a dry run reports only rows that would be repaired, and then checks that the row is still
+as it was found: a task that has just run is gone from Cloud Tasks too, but its delivery claimed
+the row first.
 """
 
 from __future__ import annotations
@@ -217,7 +219,7 @@ def _run(
 ) -> Outcome | None:
     """Repair one row; None if it turns out not to need it."""
     try:
-        if not repair.needs_repair(backend, record):
+        if not repair.needs_repair(backend, record) or not _unchanged(record):
             return None
         if dry_run:
             return Outcome(repair.name, backend.alias, record.id, False, "would repair (dry run)")
@@ -225,6 +227,26 @@ def _run(
     except Exception as exc:  # reported per row; the next row gets its turn
         return Outcome(repair.name, backend.alias, record.id, False, f"failed: {exc}")
     return Outcome(repair.name, backend.alias, record.id, True, detail)
+
+
+def _unchanged(record: TaskRecord) -> bool:
+    """Whether the row is still as ``find`` saw it.
+
+    A delivery may have claimed it while Cloud Tasks was asked: a task that has just run is gone
+    from Cloud Tasks too, but its row was claimed before that, so a row still unchanged after the
+    answer is one no delivery took.
+    """
+    attempted = (
+        Q(last_attempted_at__isnull=True)
+        if record.last_attempted_at is None
+        else Q(last_attempted_at=record.last_attempted_at)
+    )
+    return (
+        TaskRecord.objects.using(router.db_for_write(TaskRecord))
+        .filter(attempted, pk=record.pk, status=record.status)
+        .filter(cloud_task_name=record.cloud_task_name)
+        .exists()
+    )
 
 
 def _backends(aliases: list[str] | None) -> list[CloudTasksBackend]:
