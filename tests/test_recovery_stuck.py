@@ -103,8 +103,13 @@ def test_a_row_a_delivery_claimed_while_cloud_tasks_was_asked_is_left_alone(
 
     from django_tasks_cloud_tasks import recovery
 
-    result = tasks.add.enqueue(1, 2)
-    found = TaskRecord.objects.get(pk=result.id)
+    client = tasks_client(stored)
+    client.pause_queue(name=QUEUE)
+    try:
+        result = tasks.add.enqueue(1, 2)
+        found = TaskRecord.objects.get(pk=result.id)
+    finally:
+        client.resume_queue(name=QUEUE)
     assert found.status == TaskResultStatus.READY
     assert recorder.wait_for(1)[0].args == (1, 2)
     assert stored.emulator.wait_until_idle()
