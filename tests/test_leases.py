@@ -11,7 +11,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -33,14 +32,6 @@ from tests.test_results import body, deliver
 pytestmark = pytest.mark.django_db(transaction=True)
 
 DEAD_WORKER = "killed-host:1"
-
-
-@pytest.fixture
-def stored(cloud_tasks: CloudTasks) -> Iterator[CloudTasks]:
-    cloud_tasks.configure(STORE_RESULTS=True)
-    tasks.release_slow.clear()
-    yield cloud_tasks
-    tasks.release_slow.set()
 
 
 def running_row(task_id: str, lease_expires_at: Any, **fields: Any) -> TaskRecord:

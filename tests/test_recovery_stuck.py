@@ -11,15 +11,12 @@ from datetime import timedelta
 from io import StringIO
 from typing import Any
 
-import grpc
 import pytest
 from django.core.management import call_command
 from django.tasks import TaskResultStatus
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
-from google.cloud import tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from django_tasks_cloud_tasks.models import TaskRecord
 from tests import tasks
@@ -31,17 +28,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 QUEUE = f"projects/{PROJECT}/locations/{LOCATION}/queues/default"
 CHANGELIST = reverse("admin:django_tasks_cloud_tasks_taskrecord_changelist")
-
-
-@pytest.fixture
-def stored(cloud_tasks: CloudTasks) -> CloudTasks:
-    cloud_tasks.configure(STORE_RESULTS=True)
-    return cloud_tasks
-
-
-def tasks_client(cloud_tasks: CloudTasks) -> tasks_v2.CloudTasksClient:
-    channel = grpc.insecure_channel(cloud_tasks.emulator.address)
-    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
 
 def recover() -> str:
@@ -72,7 +58,7 @@ def lapsed_row(task_id: str, cloud_task_name: str) -> TaskRecord:
 def test_a_ready_task_whose_queue_was_purged_is_created_again_and_runs_once(
     stored: CloudTasks,
 ) -> None:
-    client = tasks_client(stored)
+    client = stored.client
     client.pause_queue(name=QUEUE)
     try:
         result = tasks.add.enqueue(1, 2)
@@ -103,7 +89,7 @@ def test_a_row_a_delivery_claimed_while_cloud_tasks_was_asked_is_left_alone(
 
     from django_tasks_cloud_tasks import recovery
 
-    client = tasks_client(stored)
+    client = stored.client
     client.pause_queue(name=QUEUE)
     try:
         result = tasks.add.enqueue(1, 2)
@@ -149,7 +135,7 @@ def test_a_running_task_whose_attempt_died_and_whose_task_is_gone_runs_once_more
 def test_a_running_task_whose_task_cloud_tasks_still_retries_is_left_to_that_retry(
     stored: CloudTasks,
 ) -> None:
-    client = tasks_client(stored)
+    client = stored.client
     client.pause_queue(name=QUEUE)
     try:
         result = tasks.add.enqueue(4, 5)
