@@ -26,6 +26,8 @@ from tests.tasks import recorder, release_slow
 hypothesis_settings.register_profile("ci", print_blob=True)
 hypothesis_settings.register_profile("dev")
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+# Servers the tests start inherit it, so one that will not stop can be made to show its stacks.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 PROJECT = "test-project"
 LOCATION = "us-central1"

@@ -170,7 +170,21 @@ def stop(proc: subprocess.Popen[str], signum: int = signal.SIGINT, timeout: floa
     try:
         proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise AssertionError(f"{proc.args!r} did not stop within {timeout} s") from None
+        # SIGABRT makes a process started with PYTHONFAULTHANDLER=1 print every thread's stack.
+        proc.send_signal(signal.SIGABRT)
+        try:
+            stdout, stderr = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"{proc.args!r} did not stop within {timeout} s.\n"
+            f"Its output ends: {_tail(stdout)}\nIts errors end: {_tail(stderr)}"
+        ) from None
     return proc.returncode
+
+
+def _tail(output: str | bytes | None) -> str:
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    return (output or "")[-6000:]

@@ -92,6 +92,40 @@ def test_the_console_script_takes_its_settings_from_the_environment(tmp_path: Pa
     assert (tmp_path / "state.sqlite3").exists()
 
 
+# The kernel hands a signal sent to a process to any of its threads. This one sends SIGINT to a
+# thread other than the main one, once the emulator serves: Python then runs the handler only
+# when the main thread next wakes.
+INTERRUPT_ANOTHER_THREAD = """
+import signal, socket, sys, threading, time
+from django_tasks_cloud_tasks.emulator import cli
+
+def interrupt_this_thread(port):
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+threading.Thread(target=interrupt_this_thread, args=(int(sys.argv[1]),), daemon=True).start()
+sys.exit(cli.main(["--port", sys.argv[1]]))
+"""
+
+
+def test_ctrl_c_stops_the_emulator_whichever_thread_receives_it() -> None:
+    port = free_port()
+    proc = run([sys.executable, "-c", INTERRUPT_ANOTHER_THREAD, str(port)], without_django())
+    try:
+        out, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("SIGINT to a worker thread did not stop the emulator") from None
+    assert proc.returncode == 0, err
+    assert "Emulator stopped." in out
+
+
 def test_an_unusable_state_file_is_explained_not_a_traceback(tmp_path: Path) -> None:
     proc = run(
         [sys.executable, "-m", "django_tasks_cloud_tasks.emulator", "--port", str(free_port()),

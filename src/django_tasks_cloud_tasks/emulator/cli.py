@@ -12,7 +12,7 @@ import os
 import signal
 import sqlite3
 import sys
-import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -169,6 +169,28 @@ def build(
     return emulator
 
 
+class _StopRequest:
+    """Set by SIGINT or SIGTERM; waited for by the main thread.
+
+    The kernel may deliver the signal to any of the emulator's threads; Python then runs the handler
+    only when the main thread next wakes, and a main thread blocked on a lock (``Event.wait()``)
+    never does. So the main thread sleeps in short steps, and the handler takes no lock: it runs in
+    the middle of whatever the main thread was doing.
+    """
+
+    _POLL_SECONDS = 0.2
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def wait(self) -> None:
+        while not self.requested:
+            time.sleep(self._POLL_SECONDS)
+
+
 def serve(
     emulator: Emulator,
     *,
@@ -183,9 +205,9 @@ def serve(
     ``started`` runs once the emulator serves (say, to create declared queues through its API)
     and returns the queues to announce; a StartError from it stops the emulator.
     """
-    stop = threading.Event()
+    stop = _StopRequest()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, stop.request)
     try:
         emulator.start()
     except RuntimeError as exc:
