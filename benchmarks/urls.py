@@ -9,7 +9,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from benchmarks.tasks import noop
 from django_tasks_cloud_tasks import CloudTasksBackend, execution, oidc
-from django_tasks_cloud_tasks.auth import Policy, Refused, authenticate
+from django_tasks_cloud_tasks.auth import Policy, authenticate
+from django_tasks_cloud_tasks.exceptions import Refused
 from django_tasks_cloud_tasks.payload import Payload
 
 
