@@ -261,3 +261,12 @@ def test_a_bad_fault_is_explained_not_a_traceback() -> None:
     assert proc.returncode == 1
     assert "--fault: 'NOPE' is not a gRPC status" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_bad_number_in_the_environment_is_a_command_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLOUD_TASKS_EMULATOR_PORT", "8123x")
+    with pytest.raises(CommandError, match=r"argument --port: '8123x' is not a whole number .*"
+                       r"CLOUD_TASKS_EMULATOR_PORT"):  # fmt: skip
+        call_command("cloudtasks_emulator")

@@ -138,6 +138,28 @@ def test_an_unusable_state_file_is_explained_not_a_traceback(tmp_path: Path) -> 
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "flag", "reason"),
+    [
+        ("PORT", "eighty", "--port", "is not a whole number from 0 to 65535"),
+        ("TOKEN_PORT", "70000", "--token-port", "is not a whole number from 0 to 65535"),
+        ("QUEUE_REUSE_WAIT", "-1", "--queue-reuse-wait", "is not a number of seconds of 0"),
+        ("TASK_NAME_REUSE_WAIT", "nan", "--task-name-reuse-wait", "is not a number of seconds"),
+    ],
+)
+def test_a_bad_number_in_the_environment_is_a_usage_error_naming_it(
+    variable: str, value: str, flag: str, reason: str
+) -> None:
+    env = without_django(**{f"CLOUD_TASKS_EMULATOR_{variable}": value})
+    proc = run([sys.executable, "-m", "django_tasks_cloud_tasks.emulator"], env)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert f"argument {flag}: {value!r} {reason}" in stderr
+    assert f"CLOUD_TASKS_EMULATOR_{variable})" in stderr
+    assert "Traceback" not in stderr
+    assert "Cloud Tasks emulator on" not in stdout
+
+
 def dockerfile_command() -> tuple[list[str], dict[str, str]]:
     """The CMD of emulator.Dockerfile and the environment its ENV lines set."""
     env: dict[str, str] = {}

@@ -8,6 +8,7 @@ compose file sets. Flags win over the environment.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sqlite3
@@ -38,6 +39,35 @@ def env_value(name: str, *fallbacks: str) -> str | None:
     return None
 
 
+def _number[N: (int, float)](
+    kind: type[N], env: str, *, maximum: float | None = None
+) -> Callable[[str], N]:
+    """An argparse type for a flag that its environment variable may also set: argparse converts
+    string defaults with it too, so a bad value from either is reported as a usage error that
+    names both, not raised as a traceback while the parser is built."""
+
+    def parse(text: str) -> N:
+        what = "a whole number" if kind is int else "a number of seconds"
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if (
+            value is None
+            or not math.isfinite(value)
+            or value < 0
+            or (maximum is not None and value > maximum)
+        ):
+            limit = f" from 0 to {maximum:g}" if maximum is not None else " of 0 or more"
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {what}{limit} (set by the flag or {ENV_PREFIX}{env})"
+            )
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags both entry points share. Project, location and queues default to None here:
     each entry point has its own defaults for them."""
@@ -49,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        type=int,
-        default=int(env_value("PORT") or DEFAULT_PORT),
+        type=_number(int, "PORT", maximum=65535),
+        default=env_value("PORT") or str(DEFAULT_PORT),
         help=f"gRPC port (env CLOUD_TASKS_EMULATOR_PORT; default {DEFAULT_PORT}).",
     )
     parser.add_argument(
@@ -69,8 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--token-port",
-        type=int,
-        default=int(env_value("TOKEN_PORT") or 0),
+        type=_number(int, "TOKEN_PORT", maximum=65535),
+        default=env_value("TOKEN_PORT") or "0",
         help="Port of the HTTP server publishing the OIDC signing keys and the web page "
         "(env CLOUD_TASKS_EMULATOR_TOKEN_PORT; default: any free port).",
     )
@@ -91,9 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--queue-reuse-wait",
-        type=float,
+        type=_number(float, "QUEUE_REUSE_WAIT"),
         metavar="SECONDS",
-        default=float(env_value("QUEUE_REUSE_WAIT") or DEFAULT_QUEUE_REUSE_SECONDS),
+        default=env_value("QUEUE_REUSE_WAIT") or str(DEFAULT_QUEUE_REUSE_SECONDS),
         help="How long a deleted queue's name cannot be used again "
         "(env CLOUD_TASKS_EMULATOR_QUEUE_REUSE_WAIT; default 604800, Cloud Tasks' 7 days).",
     )
@@ -105,9 +135,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--task-name-reuse-wait",
-        type=float,
+        type=_number(float, "TASK_NAME_REUSE_WAIT"),
         metavar="SECONDS",
-        default=float(env_value("TASK_NAME_REUSE_WAIT") or DEFAULT_TOMBSTONE_SECONDS),
+        default=env_value("TASK_NAME_REUSE_WAIT") or str(DEFAULT_TOMBSTONE_SECONDS),
         help="How long a finished or deleted task's name cannot be used again "
         "(env CLOUD_TASKS_EMULATOR_TASK_NAME_REUSE_WAIT; default 86400).",
     )
