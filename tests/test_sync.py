@@ -304,6 +304,44 @@ def test_the_schedule_endpoint_enqueues_with_the_declared_queue_and_priority(
     assert (call.queue_name, call.priority) == ("high-priority", 7)
 
 
+def slot(time: str) -> dict[str, str]:
+    """The headers Cloud Scheduler sends with a cron run."""
+    return {"X-CloudScheduler": "true", "X-CloudScheduler-ScheduleTime": time}
+
+
+@pytest.mark.parametrize("store_results", [True, False], ids=["store", "no-store"])
+def test_a_repeated_delivery_of_a_cron_slot_enqueues_its_task_once(
+    cloud_tasks: CloudTasks, store_results: bool
+) -> None:
+    name = unique("slot")
+    cloud_tasks.configure(
+        SCHEDULES=schedule_settings(name, task="tests.tasks.describe", args=["a slot"]),
+        STORE_RESULTS=store_results,
+    )
+    url = f"{cloud_tasks.handler_host}/cloudtasks/schedule/{name}/"
+
+    first = requests.post(url, headers=slot("2026-12-07T08:00:00Z"), timeout=10)
+    recorder.wait_for(1)  # The slot's task has run, and left its name reserved.
+    again = requests.post(url, headers=slot("2026-12-07T08:00:00Z"), timeout=10)
+    following = requests.post(url, headers=slot("2026-12-07T09:00:00Z"), timeout=10)
+    by_hand = requests.post(url, timeout=10)  # RunJob, or a person: a run of its own.
+
+    answers = [r.json() for r in (first, again, following, by_hand)]
+    assert [r.status_code for r in (first, again, following, by_hand)] == [200] * 4
+    ids = [answer["task_id"] for answer in answers]
+    assert ids[0] == ids[1]
+    assert len({ids[0], ids[2], ids[3]}) == 3
+    assert [answer["status"] for answer in answers] == [
+        "enqueued",
+        "duplicate" if store_results else "enqueued",
+        "enqueued",
+        "enqueued",
+    ]
+    recorder.wait_for(3)
+    assert cloud_tasks.emulator.wait_until_idle(10)
+    assert sorted(call.task_id for call in recorder.calls) == sorted(set(ids))
+
+
 def test_max_attempts_of_a_declared_queue_is_known_to_the_execute_side(
     cloud_tasks: CloudTasks,
 ) -> None:

@@ -197,8 +197,24 @@ class CloudTasksBackend(BaseTaskBackend):
     def enqueue(
         self, task: Task[_P, _R], args: list[Any], kwargs: dict[str, Any]
     ) -> TaskResult[_P, _R]:
+        return self.enqueue_once(task, args, kwargs, result_id=None)
+
+    def enqueue_once(
+        self,
+        task: Task[_P, _R],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        result_id: str | None,
+    ) -> TaskResult[_P, _R]:
+        """``enqueue()`` with the result id, and so the Cloud Task's name, fixed by the caller.
+
+        Enqueuing the same id again adds no second task while Cloud Tasks keeps the name reserved
+        (up to a day after the task ran): the schedule endpoint gives each cron slot one id so
+        that Cloud Scheduler's repeated deliveries run it once. ``None`` is a fresh random id.
+        """
         self.validate_task(task)
-        prepared = self.prepare(task, args, kwargs)
+        prepared = self.prepare(task, args, kwargs, result_id=result_id)
         database = self._waits_for_commit()
         if database is not None:
             self._create_on_commit([prepared], database)

@@ -5,24 +5,33 @@ Why not let Scheduler POST the task straight to the execute view: a Scheduler jo
 when the job is synced, so every run would carry the same task id (the result store would take
 the second run for a duplicate delivery and skip it); Scheduler retries at most 5 times and
 knows nothing of the queue's rate limits; and the arguments would live in Google Cloud rather than
-in the deployed settings. Enqueuing here gives each run a fresh id, the queue's rate limits and
-retry policy, and a stored result, and only the schedule's name travels in the request, so a
-caller can run only what SCHEDULES declares.
+in the deployed settings. Enqueuing here gives each run an id of its own, the queue's rate
+limits and retry policy, and a stored result, and only the schedule's name travels in the
+request, so a caller can run only what SCHEDULES declares.
+
+Cloud Scheduler delivers at least once, so a cron slot may arrive twice. Each slot (the
+schedule and its ``X-CloudScheduler-ScheduleTime``) gets one result id, which names its Cloud
+Task: a repeated delivery finds the slot's row in the result store and is answered as a duplicate,
+or, without the store, its CreateTask finds the name taken and adds nothing. A request without the
+header (``RunJob``, a person) is a run of its own.
 
 Authentication is the execute view's (``auth.py``), fail-closed: Scheduler signs an ID token as
-``OIDC_SERVICE_ACCOUNT_EMAIL`` for ``OIDC_AUDIENCE``. Answers: 200 enqueued, 401/403 refused,
-404 no such schedule for the backends the caller may use, 405 not a POST, 503 the enqueue failed
-(Scheduler counts the run as failed, and retries it if the job's retry_config says so).
+``OIDC_SERVICE_ACCOUNT_EMAIL`` for ``OIDC_AUDIENCE``. Answers: 200 enqueued (or a duplicate of a
+slot already enqueued), 401/403 refused, 404 no such schedule for the backends the caller may use,
+405 not a POST, 503 the enqueue failed (Scheduler counts the run as failed, and retries it if the
+job's retry_config says so; the retry carries the same slot, so it cannot add a second task).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from django.core import checks
+from django.db import transaction
 from django.http import HttpRequest, JsonResponse
-from django.tasks import Task
+from django.tasks import Task, TaskResult
 from django.tasks.exceptions import InvalidTask
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
@@ -38,8 +47,15 @@ from .exceptions import Refused
 logger = logging.getLogger(__name__)
 
 
+# Any fixed UUID: result ids of cron slots are derived from it (uuid5), so they are the same in
+# every process and release, and as well spread as Cloud Tasks asks task names to be.
+_SLOT_NAMESPACE = uuid.UUID("5b1c2f0e-8a4d-5e0b-9c1e-6f3a7d2b9e41")
+
+
 @csrf_exempt
 @require_POST
+# Its enqueue must not wait for a request-wide transaction (ATOMIC_REQUESTS) to commit.
+@transaction.non_atomic_requests
 @tracing.traced_request  # The task carries the scheduler request's trace, as the middleware does.
 def enqueue_scheduled(request: HttpRequest, name: str) -> JsonResponse:
     """Enqueue the task of schedule ``name`` with its declared arguments."""
@@ -60,6 +76,12 @@ def enqueue_scheduled(request: HttpRequest, name: str) -> JsonResponse:
             {"status": "refused", "reason": f"no schedule {name!r} in SCHEDULES"}, status=404
         )
     alias, schedule = found[0]
+    backend = backends.by_alias[alias]
+    slot = request.headers.get("X-CloudScheduler-ScheduleTime")
+    result_id = None if slot is None else _slot_result_id(alias, name, slot)
+    if result_id is not None and _already_enqueued(backend.config, result_id):
+        logger.info("Schedule %r: the run of %s was enqueued already (%s)", name, slot, result_id)
+        return JsonResponse({"status": "duplicate", "schedule": name, "task_id": result_id})
     try:
         task = import_string(schedule.task).using(
             backend=alias,
@@ -72,7 +94,9 @@ def enqueue_scheduled(request: HttpRequest, name: str) -> JsonResponse:
                 if value is not None
             },
         )
-        result = task.enqueue(*schedule.args, **schedule.kwargs)
+        result: TaskResult[Any, Any] = backend.enqueue_once(
+            task, schedule.args, dict(schedule.kwargs), result_id=result_id
+        )
     except Exception as exc:
         # A task path the system check would have caught, or Cloud Tasks refusing: either way
         # the run did not happen, and Scheduler should see it fail.
@@ -85,9 +109,30 @@ def enqueue_scheduled(request: HttpRequest, name: str) -> JsonResponse:
         name,
         schedule.task,
         result.id,
-        request.headers.get("X-CloudScheduler-ScheduleTime", "now"),
+        slot or "now",
     )
     return JsonResponse({"status": "enqueued", "schedule": name, "task_id": result.id})
+
+
+def _slot_result_id(alias: str, name: str, slot: str) -> str:
+    """The result id of one cron slot of a schedule: the same for every delivery of the slot.
+
+    The header is used as sent, not parsed: every delivery of a slot carries the same text, and
+    its exact format is Cloud Scheduler's to choose.
+    """
+    return str(uuid.uuid5(_SLOT_NAMESPACE, f"{alias}\n{name}\n{slot}"))
+
+
+def _already_enqueued(config: CloudTasksConfig, result_id: str) -> bool:
+    if not config.store_results:
+        return False  # Cloud Tasks refuses the taken name instead (enqueue_once).
+    from django.db import router
+
+    from .models import TaskRecord
+
+    # Where enqueue writes: a replica may not have the row yet.
+    database = router.db_for_write(TaskRecord)
+    return TaskRecord.objects.using(database).filter(pk=result_id).exists()
 
 
 def check_schedules(alias: str, config: CloudTasksConfig) -> list[checks.CheckMessage]:
