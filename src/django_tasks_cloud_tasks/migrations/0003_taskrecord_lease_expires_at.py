@@ -10,8 +10,4 @@ class Migration(migrations.Migration):
             name="lease_expires_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
-        migrations.AddIndex(
-            model_name="taskrecord",
-            index=models.Index(fields=["status", "lease_expires_at"], name="ctasks_status_lease"),
-        ),
     ]
