@@ -212,6 +212,7 @@ class CloudTasksBackend(BaseTaskBackend):
         Enqueuing the same id again adds no second task while Cloud Tasks keeps the name reserved
         (up to a day after the task ran): the schedule endpoint gives each cron slot one id so
         that Cloud Scheduler's repeated deliveries run it once. ``None`` is a fresh random id.
+        Internal, as ``prepare`` is: users enqueue with ``Task.enqueue()``.
         """
         self.validate_task(task)
         prepared = self.prepare(task, args, kwargs, result_id=result_id)
