@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import timedelta
 from itertools import islice
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+from django.db import connections, transaction
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 
@@ -164,3 +166,48 @@ def test_the_outcome_of_an_attempt_claimed_over_is_not_stored(stored: CloudTasks
     record = TaskRecord.objects.get(pk=payload.task_id)
     assert record.status == TaskResultStatus.RUNNING
     assert record.last_attempted_at == retry.attempted_at
+
+
+def test_an_insert_that_loses_the_race_for_its_id_says_the_id_is_taken() -> None:
+    """Two deliveries INSERT the row of one id while a third transaction holds it uncommitted.
+
+    When that transaction rolls back, one INSERT gets in. The other fails with a duplicate key,
+    or, on MySQL and MariaDB, InnoDB may roll it back as a deadlock victim instead: either way it
+    lost the race, and the claim decides on the row that won.
+    """
+    holding, release = threading.Event(), threading.Event()
+
+    def row() -> TaskRecord:
+        return TaskRecord(
+            id="raced-for", task_path="tests.tasks.add", queue_name="default", priority=0,
+            backend="default", status=TaskResultStatus.READY, args=[], kwargs={},
+            enqueued_at=timezone.now(),
+        )  # fmt: skip
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                row().save(force_insert=True)
+                holding.set()
+                release.wait(10)
+                transaction.set_rollback(True)
+        finally:
+            connections.close_all()
+
+    def race() -> bool:
+        try:
+            return store._insert("default", row())
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(3) as pool:
+        holder = pool.submit(hold)
+        assert holding.wait(10)
+        racers = [pool.submit(race) for _ in range(2)]
+        time.sleep(0.5)  # Both INSERTs wait on the holder's lock by now.
+        release.set()
+        holder.result(10)
+        outcomes = sorted(racer.result(15) for racer in racers)
+
+    assert outcomes == [False, True]
+    assert TaskRecord.objects.filter(pk="raced-for").count() == 1

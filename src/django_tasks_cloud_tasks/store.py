@@ -59,6 +59,10 @@ _CLAIM_ROUNDS = 3
 # lapses. A restart takes a second or two.
 _OUTCOME_RETRY_SECONDS = 10.0
 
+# MySQL's and MariaDB's ER_LOCK_DEADLOCK: InnoDB can pick one of several concurrent INSERTs of the
+# same key as a deadlock victim, rolling it back, where other databases report a duplicate key.
+_MYSQL_DEADLOCK = 1213
+
 # The writes of a usual task, prebuilt (see statements.py): the row written at enqueue, the claim
 # of a row that is still READY, and the outcome of the attempt that claimed it.
 _INSERT = Insert(TaskRecord)
@@ -324,9 +328,16 @@ def _insert_running(
 
 
 def _insert(database: str, record: TaskRecord) -> bool:
-    """INSERT the row, or return False if its id is taken; the caller's transaction goes on."""
+    """INSERT the row, or return False if its id is taken; the caller's transaction goes on.
+
+    Outside a transaction, an INSERT that InnoDB rolled back as a deadlock victim also returns
+    False: it lost the same race, to a concurrent INSERT of the same id, and the caller decides
+    on the row that won. Inside one, the deadlock has rolled the whole transaction back, so it
+    is raised.
+    """
+    connection = transaction.get_connection(database)
     try:
-        if transaction.get_connection(database).in_atomic_block:
+        if connection.in_atomic_block:
             # PostgreSQL aborts a transaction at its first error: confine this one to a savepoint.
             with transaction.atomic(using=database):
                 _INSERT.execute(database, record)
@@ -334,6 +345,11 @@ def _insert(database: str, record: TaskRecord) -> bool:
             _INSERT.execute(database, record)
     except IntegrityError:
         return False
+    except OperationalError as exc:
+        deadlock = connection.vendor == "mysql" and exc.args[:1] == (_MYSQL_DEADLOCK,)
+        if deadlock and not connection.in_atomic_block:
+            return False
+        raise
     return True
 
 
