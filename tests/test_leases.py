@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +26,7 @@ from django_tasks_cloud_tasks.payload import decode
 from tests import tasks
 from tests.conftest import CloudTasks
 from tests.tasks import recorder
+from tests.test_emulator import wait_until
 from tests.test_results import body, deliver
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,14 +50,6 @@ def running_row(task_id: str, lease_expires_at: Any, **fields: Any) -> TaskRecor
         "lease_expires_at": lease_expires_at,
     }
     return TaskRecord.objects.create(id=task_id, **(values | fields))
-
-
-def wait_until(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout} s: {condition.__doc__}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("server", ["wsgi", "asgi"])
@@ -134,7 +126,7 @@ def test_renewal_keeps_a_long_tasks_lease_and_refuses_other_deliveries_meanwhile
             assert claimed.last_attempted_at is not None
             return lease is not None and lease > claimed.last_attempted_at + timedelta(seconds=2)
 
-        wait_until(renewed_well_past_the_first_lease)
+        assert wait_until(renewed_well_past_the_first_lease, 30)
         duplicate = deliver(stored, document, retries=1)
     finally:
         tasks.release_slow.set()

@@ -506,9 +506,10 @@ with Emulator(host="127.0.0.1", port=0, project="p", location="l", queues=("defa
 """
 
 
-def test_without_opentelemetry_the_header_travels_and_logs_connect() -> None:
+def last_json_line(code: str, *args: str) -> Any:
+    """Run ``code`` in a fresh interpreter, in this repository; its last output line, as JSON."""
     output = subprocess.run(
-        [sys.executable, "-c", WITHOUT_OPENTELEMETRY, TRACEPARENT],
+        [sys.executable, "-c", code, *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -516,9 +517,12 @@ def test_without_opentelemetry_the_header_travels_and_logs_connect() -> None:
         timeout=120,
         check=False,
     )
-
     assert output.returncode == 0, output.stderr
-    outcome = json.loads(output.stdout.strip().splitlines()[-1])
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def test_without_opentelemetry_the_header_travels_and_logs_connect() -> None:
+    outcome = last_json_line(WITHOUT_OPENTELEMETRY, TRACEPARENT)
     assert outcome == {
         "traceparent": TRACEPARENT,
         "status": 500,  # The task's first attempt fails on purpose.
@@ -566,18 +570,7 @@ TraceContextMiddleware(view)(RequestFactory().get("/", HTTP_TRACEPARENT=sys.argv
 
 
 def test_documented_logging_setup_writes_cloud_logging_json() -> None:
-    output = subprocess.run(
-        [sys.executable, "-c", DOCUMENTED_LOGGING, TRACEPARENT],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-    assert output.returncode == 0, output.stderr
-    entry = json.loads(output.stdout.strip().splitlines()[-1])
+    entry = last_json_line(DOCUMENTED_LOGGING, TRACEPARENT)
     assert (
         entry.items()
         >= {
